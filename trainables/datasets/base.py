@@ -1,0 +1,79 @@
+"""What every dataset yields: three splits of (x, y, group), the group names and the class count.
+
+Groups are encoded as ``g = attribute * n_classes + y`` so that the spurious attribute of an
+example is ``g // n_classes`` and its label ``g % n_classes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+import torch
+from torch.utils.data import Dataset
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset folder is missing or incomplete; the message says the expected layout and source."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How inputs must look for the model: square side in pixels and per-channel normalisation."""
+
+    image_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class GroupSplit:
+    """One split. Labels and groups are always in memory; inputs are either one preprocessed
+    tensor (small data sets) or a map-style dataset returning one preprocessed image per index
+    (large ones, decoded lazily by DataLoader workers)."""
+
+    inputs: Union[torch.Tensor, Dataset]
+    y: torch.Tensor
+    g: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.inputs, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class GroupData:
+    """train / val / test splits of one data set, with its group names."""
+
+    train: GroupSplit
+    val: GroupSplit
+    test: GroupSplit
+    group_names: tuple[str, ...]
+    n_classes: int
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_names)
+
+    def train_group_counts(self) -> torch.Tensor:
+        return torch.bincount(self.train.g, minlength=self.n_groups)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered data set: how to load it, and what it needs.
+
+    `load(root, preprocessing, options)` returns `GroupData`; `options` has already been merged
+    over `defaults` (unknown keys rejected). `root` is None for data sets that need none.
+    """
+
+    name: str
+    load: Callable[[Path | None, Preprocessing, Mapping[str, Any]], GroupData]
+    default_image_size: int
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    needs_root: bool = True
+    description: str = ""
