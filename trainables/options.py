@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Mapping
+
+from trainables.registry import did_you_mean
 
 
 class OptionError(ValueError):
@@ -15,16 +16,16 @@ def merge_options(owner: str, defaults: Mapping[str, Any], given: Mapping[str, A
     merged = dict(defaults)
     for key, value in (given or {}).items():
         if key not in defaults:
-            close = difflib.get_close_matches(key, list(defaults), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             valid = ", ".join(defaults) or "none"
-            raise OptionError(f"{owner}: unknown option {key!r}.{hint} Valid: {valid}")
+            raise OptionError(f"{owner}: unknown option {key!r}.{did_you_mean(key, defaults)} Valid: {valid}")
         default = defaults[key]
         if default is not None and not _compatible(default, value):
             raise OptionError(
                 f"{owner}: option {key!r} must be {type(default).__name__}, got {value!r}"
             )
-        merged[key] = type(default)(value) if isinstance(default, float) and value is not None else value
+        # Numbers take the default's type: YAML and search spaces give 3 for 3.0 and 3.0 for 3.
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        merged[key] = type(default)(value) if numeric and value is not None else value
     return merged
 
 

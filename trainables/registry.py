@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: object, valid: Iterable[str]) -> str:
+    """" Did you mean 'x'?" for the closest valid name, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class UnknownNameError(ValueError):
@@ -13,9 +19,7 @@ class UnknownNameError(ValueError):
 
     def __init__(self, kind: str, name: str, valid: list[str]) -> None:
         self.kind, self.name, self.valid = kind, name, valid
-        close = difflib.get_close_matches(str(name), valid, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(valid)}")
+        super().__init__(f"unknown {kind} {name!r}.{did_you_mean(name, valid)} Valid: {', '.join(valid)}")
 
 
 class Registry(Generic[T]):

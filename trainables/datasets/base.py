@@ -75,5 +75,6 @@ class DatasetSpec:
     load: Callable[[Path | None, Preprocessing, Mapping[str, Any]], GroupData]
     default_image_size: int
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    n_classes: int = 2
     needs_root: bool = True
     description: str = ""

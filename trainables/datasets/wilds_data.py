@@ -1,0 +1,236 @@
+"""WILDS data sets through one adapter: groups from metadata in memory, images decoded lazily.
+
+A WILDS data set becomes a `DatasetSpec` with one `wilds_dataset(...)` call naming its wilds
+class, the metadata field(s) of the spurious attribute and the label field. The group of an
+example is the mixed-radix combination of its attribute values (first field most significant),
+then the label: ``g = attribute * n_classes + y``.
+
+The data folder is checked before wilds is called: wilds' `initialize_data_dir` creates folders
+as a side effect, and its own error does not say what the folder must hold.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainables.datasets.base import DatasetSpec, DataNotFoundError, GroupData, GroupSplit, Preprocessing
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+WILDS_DOWNLOADS = "https://wilds.stanford.edu/downloads"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class WildsSource:
+    """How one WILDS data set maps onto (attribute, label) groups, and which files it needs.
+
+    `wilds_class` is a dotted path ("package.module.Class"), imported only when loading so that
+    registering a data set costs no torch/wilds import. `required` lists entries under the data
+    folder that must exist besides the RELEASE marker (a trailing "/" marks a folder).
+    `value_names` names the values of a field where wilds' `metadata_map` does not (or not well).
+    `splits` maps our split names to the wilds split names.
+    """
+
+    wilds_class: str
+    attributes: tuple[str, ...]
+    label: str = "y"
+    required: tuple[str, ...] = ()
+    value_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    splits: Mapping[str, str] = field(default_factory=lambda: {s: s for s in SPLITS})
+    version: str | None = None
+
+    def resolve(self) -> type:
+        """The wilds dataset class."""
+        module, _, name = self.wilds_class.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+def wilds_dataset(name: str, source: WildsSource, description: str = "") -> DatasetSpec:
+    """A registrable `DatasetSpec` loading `source` from `<root>/<wilds name>_v<version>/`."""
+    return DatasetSpec(
+        name=name,
+        load=functools.partial(load_wilds, name, source),
+        default_image_size=224,
+        defaults={},
+        needs_root=True,
+        description=description,
+    )
+
+
+class WildsImages(Dataset[torch.Tensor]):
+    """One split's images: index -> one preprocessed image tensor, decoded on access."""
+
+    def __init__(self, dataset: Any, indices: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.dataset = dataset
+        self.indices = indices
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.dataset.get_input(int(self.indices[index])))
+
+
+def image_transform(preprocessing: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> resize shorter side, centre crop to a square, tensor, normalise."""
+    from torchvision import transforms
+
+    size = preprocessing.image_size
+    return transforms.Compose(
+        [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(preprocessing.mean, preprocessing.std),
+        ]
+    )
+
+
+def load_wilds(
+    name: str, source: WildsSource, root: Path | None, preprocessing: Preprocessing, options: Mapping[str, Any]
+) -> GroupData:
+    """Load a WILDS data set as `GroupData`; raise `DataNotFoundError` before touching the disk if incomplete."""
+    cls = source.resolve()
+    version = source.version or _latest_version(cls)
+    check_layout(name, cls, version, source.required, root)
+    with warnings.catch_warnings():
+        # wilds turns read-only pandas (copy-on-write) arrays into tensors; we copy what we keep.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        dataset = cls(version=version, root_dir=str(root), download=False)
+
+    fields = list(dataset.metadata_fields)
+    metadata = dataset.metadata_array.to(torch.long).clone()
+    sizes = {f: len(_value_names(source, dataset, f, metadata, fields)) for f in (*source.attributes, source.label)}
+    attribute = torch.zeros(len(metadata), dtype=torch.long)
+    for f in source.attributes:
+        attribute = attribute * sizes[f] + _column(name, f, metadata, fields, sizes[f])
+    n_classes = sizes[source.label]
+    y = _column(name, source.label, metadata, fields, n_classes)
+    g = attribute * n_classes + y
+
+    transform = image_transform(preprocessing)
+    split_array = np.asarray(dataset.split_array)
+    parts = {}
+    for split in SPLITS:
+        wilds_split = source.splits[split]
+        if wilds_split not in dataset.split_dict:
+            raise ValueError(f"dataset {name!r}: wilds has no split {wilds_split!r}; it has {list(dataset.split_dict)}")
+        indices = np.flatnonzero(split_array == dataset.split_dict[wilds_split])
+        index = torch.from_numpy(indices)
+        parts[split] = GroupSplit(inputs=WildsImages(dataset, indices, transform), y=y[index], g=g[index])
+
+    return GroupData(
+        train=parts["train"],
+        val=parts["val"],
+        test=parts["test"],
+        group_names=_group_names(source, dataset, metadata, fields),
+        n_classes=n_classes,
+    )
+
+
+def check_layout(name: str, cls: type, version: str, required: tuple[str, ...], root: Path | None) -> Path:
+    """Return the data folder, or raise `DataNotFoundError` saying the layout, what is missing and the source.
+
+    Only reads the disk: nothing is created, unlike wilds' own check.
+    """
+    root = Path(root) if root is not None else Path("<data root>")
+    data_dir = root / f"{cls._dataset_name}_v{version}"
+    entries = [f"RELEASE_v{version}.txt", *required]
+    missing = [_shown(data_dir, entry) for entry in entries if not _present(data_dir, entry)]
+    if not missing:
+        return data_dir
+    what = f"the data root {root} does not exist" if not root.is_dir() else f"missing {', '.join(missing)}"
+    layout = "\n".join(f"  {_shown(data_dir, entry)}" for entry in entries)
+    url = cls._versions_dict.get(version, {}).get("download_url")
+    archive = f" (archive: {url})" if url else ""
+    raise DataNotFoundError(
+        f"dataset {name!r} not found: {what}.\n"
+        f"Expected layout:\n{layout}\n"
+        f"Get it from the WILDS download page {WILDS_DOWNLOADS}{archive} and extract it into {data_dir}/, "
+        f"or on a machine with internet run\n"
+        f"  python -c \"import wilds; wilds.get_dataset({cls._dataset_name!r}, root_dir='{root}', download=True)\"\n"
+        f"and copy {data_dir} here."
+    )
+
+
+def _present(data_dir: Path, entry: str) -> bool:
+    return (data_dir / entry).is_dir() if entry.endswith("/") else (data_dir / entry).is_file()
+
+
+def _shown(data_dir: Path, entry: str) -> str:
+    """The entry's full path, keeping the trailing "/" that marks a folder (Path drops it)."""
+    return f"{data_dir / entry}/" if entry.endswith("/") else f"{data_dir / entry}"
+
+
+def _latest_version(cls: type) -> str:
+    return max(cls._versions_dict, key=lambda v: tuple(int(part) for part in v.split(".")))
+
+
+def _value_names(
+    source: WildsSource, dataset: Any, field_name: str, metadata: torch.Tensor, fields: list[str]
+) -> tuple[str, ...]:
+    """Names of a field's values: ours, else wilds' metadata_map (its padding stripped), else `field=k`."""
+    if field_name in source.value_names:
+        return tuple(source.value_names[field_name])
+    wilds_map = getattr(dataset, "metadata_map", None) or {}
+    if field_name in wilds_map:
+        return tuple(str(v).strip() for v in wilds_map[field_name])
+    if field_name not in fields:
+        raise ValueError(f"wilds {type(dataset).__name__} has no metadata field {field_name!r}; it has {fields}")
+    # The label's value count is the class count even when some class is absent from the data.
+    n_classes = getattr(dataset, "n_classes", None) if field_name == source.label else None
+    count = n_classes or int(metadata[:, fields.index(field_name)].max()) + 1
+    return tuple(f"{field_name}={k}" for k in range(count))
+
+
+def _column(name: str, field_name: str, metadata: torch.Tensor, fields: list[str], size: int) -> torch.Tensor:
+    if field_name not in fields:
+        raise ValueError(f"dataset {name!r}: wilds has no metadata field {field_name!r}; it has {fields}")
+    column = metadata[:, fields.index(field_name)]
+    if len(column) and (int(column.min()) < 0 or int(column.max()) >= size):
+        raise ValueError(f"dataset {name!r}: metadata field {field_name!r} has values outside 0..{size - 1}")
+    return column
+
+
+def _group_names(source: WildsSource, dataset: Any, metadata: torch.Tensor, fields: list[str]) -> tuple[str, ...]:
+    """'attr1·…·label' for every group, in the order of g (mixed radix, label last)."""
+    names: list[tuple[str, ...]] = [()]
+    for f in (*source.attributes, source.label):
+        values = _value_names(source, dataset, f, metadata, fields)
+        names = [(*prefix, value) for prefix in names for value in values]
+    return tuple("·".join(parts) for parts in names)
+
+
+WATERBIRDS = wilds_dataset(
+    "waterbirds",
+    WildsSource(
+        wilds_class="wilds.datasets.waterbirds_dataset.WaterbirdsDataset",
+        attributes=("background",),
+        required=("metadata.csv",),
+    ),
+    description="Waterbirds (WILDS): landbird/waterbird, spurious land/water background",
+)
+
+CELEBA = wilds_dataset(
+    "celebA",
+    WildsSource(
+        wilds_class="wilds.datasets.celebA_dataset.CelebADataset",
+        attributes=("male",),
+        required=("list_attr_celeba.csv", "list_eval_partition.csv", "img_align_celeba/"),
+        # wilds names only the label's values; its 'male' field is the CelebA `Male` attribute.
+        value_names={"male": ("female", "male")},
+    ),
+    description="CelebA (WILDS): blond hair or not, spurious gender (Male attribute)",
+)
