@@ -1,0 +1,308 @@
+"""One Ray Tune searcher for a whole grid: a hyperopt TPE per cell, routed by cell id.
+
+Each cell keeps its own hyperopt ``Trials``.  History of the cell is injected as completed
+trials (decision 2), transfer points are proposed first, and suggestions go to the cell that
+has started the fewest trials, so every cell progresses while slots are free (decision 5).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+import numbers
+import pickle
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from hyperopt import STATUS_FAIL, STATUS_OK, Domain, pyll, tpe
+from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Trials, spec_from_misc, trials_from_docs
+from hyperopt.utils import coarse_utcnow
+from ray.tune.search import Searcher
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["CellPlan", "CellRouter"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What one cell's search may do in this experiment, and what it starts from."""
+
+    cell: str
+    space: dict[str, Any]
+    budget: int
+    seed: int
+    n_startup: int = 5
+    observations: tuple[tuple[dict[str, Any], float], ...] = ()
+    first_points: tuple[dict[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.cell:
+            raise ValueError("CellPlan.cell must be a non-empty id")
+        if self.budget < 0 or self.n_startup < 0:
+            raise ValueError(f"cell {self.cell!r}: budget and n_startup must be >= 0")
+        if not self.space:
+            raise ValueError(f"cell {self.cell!r}: empty search space")
+
+
+def _identity(space: Any) -> Any:
+    # Module-level, not a lambda: the Domain travels inside the pickled Tuner.
+    return space
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars -> Python scalars, recursively (Tune configs and MLflow params want plain)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class _Cell:
+    """One cell's hyperopt state; its counters are rebuilt from the Trials docs on load."""
+
+    def __init__(self, plan: CellPlan) -> None:
+        self.plan = plan
+        self.domain = Domain(_identity, plan.space)
+        self.algo: Callable[..., list[dict]] = functools.partial(
+            tpe.suggest, n_startup_jobs=plan.n_startup, verbose=False
+        )
+        self.rng = np.random.default_rng(plan.seed)
+        self.trials = Trials()
+        self._check_points()
+        docs = [self._doc(tid, vals) for tid, (vals, _) in enumerate(plan.observations)]
+        for doc, (_, loss) in zip(docs, plan.observations):
+            doc["state"] = JOB_STATE_DONE
+            doc["misc"]["proposal"] = "observation"
+            doc["result"] = _result(None if loss is None else float(loss), "non-finite loss")
+        self.load(docs)
+
+    def _check_points(self) -> None:
+        labels = set(self.domain.params)
+        points = [v for v, _ in self.plan.observations] + list(self.plan.first_points)
+        for vals in points:
+            unknown = set(vals) - labels
+            if unknown:
+                raise ValueError(
+                    f"cell {self.plan.cell!r}: unknown labels {sorted(unknown)} in a "
+                    f"prior point; the space has {sorted(labels)}"
+                )
+            # Fails now, not mid-experiment, when a point misses a label the space needs.
+            self.params({"vals": {k: [v] for k, v in vals.items() if v is not None}})
+
+    def _doc(self, tid: int, vals: dict[str, Any]) -> dict[str, Any]:
+        """A trial doc shaped exactly like the ones tpe/rand.suggest return."""
+        misc: dict[str, Any] = {"tid": tid, "cmd": self.domain.cmd, "workdir": self.domain.workdir}
+        misc["idxs"] = {k: [tid] if vals.get(k) is not None else [] for k in self.domain.params}
+        misc["vals"] = {k: [_plain(vals[k])] if vals.get(k) is not None else [] for k in self.domain.params}
+        [doc] = self.trials.new_trial_docs([tid], [None], [self.domain.new_result()], [misc])
+        return doc
+
+    def load(self, docs: list[dict[str, Any]]) -> None:
+        """Replace the Trials with ``docs`` and rebuild the indexes over them."""
+        self.trials = trials_from_docs(docs)
+        self.by_tid = {doc["tid"]: doc for doc in self.trials.trials}
+        self.started = sum("ray_trial_id" in d["misc"] for d in docs)
+        self.running = {
+            d["misc"]["ray_trial_id"] for d in docs if d["state"] == JOB_STATE_RUNNING
+        }
+
+    def propose(self, trial_id: str) -> tuple[dict[str, Any], str]:
+        """Insert the next trial doc of this cell; return it and how it was proposed."""
+        n_transfer = min(len(self.plan.first_points), self.plan.budget)
+        [tid] = self.trials.new_trial_ids(1)
+        if self.started < n_transfer:
+            doc, proposal = self._doc(tid, self.plan.first_points[self.started]), "transfer"
+        else:
+            # Same rule tpe.suggest applies: it falls back to rand.suggest below n_startup docs.
+            proposal = "random" if len(self.trials.trials) < self.plan.n_startup else "tpe"
+            seed = int(self.rng.integers(2**31 - 1))
+            [doc] = self.algo([tid], self.domain, self.trials, seed)
+        doc["state"] = JOB_STATE_RUNNING
+        doc["book_time"] = coarse_utcnow()
+        doc["misc"]["ray_trial_id"] = trial_id
+        doc["misc"]["proposal"] = proposal
+        self.trials.insert_trial_docs([doc])
+        self.trials.refresh()
+        self.by_tid[tid] = self.trials.trials[-1]
+        self.started += 1
+        self.running.add(trial_id)
+        return self.by_tid[tid], proposal
+
+    def params(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Plain parameter values of a doc: hyperopt's own decoding (indices -> choices)."""
+        memo = self.domain.memo_from_config(spec_from_misc(doc))
+        return _plain(pyll.rec_eval(self.domain.expr, memo=memo))
+
+    def best_loss(self) -> float | None:
+        losses = [r["loss"] for r in self.trials.results if r.get("status") == STATUS_OK]
+        return min(losses) if losses else None
+
+
+def _result(loss: float | None, why: str) -> dict[str, Any]:
+    # A failed doc must carry no "loss": hyperopt 0.3.0's tpe.suggest reads result["loss"]
+    # whatever the status, and treats a missing one as +inf: it sorts after every real loss.
+    if loss is None or not math.isfinite(loss):
+        return {"status": STATUS_FAIL, "failure": why}
+    return {"loss": loss, "status": STATUS_OK}
+
+
+class CellRouter(Searcher):
+    """Routes suggestions and results by cell; one hyperopt TPE per cell."""
+
+    def __init__(
+        self,
+        plans: Sequence[CellPlan],
+        metric: str,
+        mode: str = "max",
+        max_running_per_cell: int | None = None,
+    ) -> None:
+        if not metric or mode not in ("min", "max"):
+            raise ValueError("CellRouter needs a metric name and mode 'min' or 'max'")
+        super().__init__(metric=metric, mode=mode)
+        if max_running_per_cell is not None and max_running_per_cell < 1:
+            raise ValueError("max_running_per_cell must be >= 1 or None")
+        cells = [p.cell for p in plans]
+        duplicates = sorted({c for c in cells if cells.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate cells in plans: {duplicates}")
+        self.max_running_per_cell = max_running_per_cell
+        self._cells = {p.cell: _Cell(p) for p in plans}
+        self._index()
+
+    def _index(self) -> None:
+        self._trial_cell = {
+            doc["misc"]["ray_trial_id"]: (name, doc["tid"])
+            for name, cell in self._cells.items()
+            for doc in cell.trials.trials
+            if "ray_trial_id" in doc["misc"]
+        }
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        """Check Tune's metric/mode against ours; the space lives in the plans, not in ``config``."""
+        for name, ours, theirs in (("metric", self._metric, metric), ("mode", self._mode, mode)):
+            if theirs and theirs != ours:
+                raise ValueError(f"TuneConfig {name}={theirs!r} but CellRouter {name}={ours!r}")
+        # False: Tune then rejects a param_space holding unresolved Tune distributions.
+        return False
+
+    def suggest(self, trial_id: str) -> dict | None | str:
+        """Next trial for the open cell with the fewest started trials; FINISHED when all are spent."""
+        open_cells = [c for c in self._cells.values() if c.started < c.plan.budget]
+        if not open_cells:
+            return Searcher.FINISHED
+        cap = self.max_running_per_cell
+        ready = [c for c in open_cells if cap is None or len(c.running) < cap]
+        if not ready:
+            return None
+        cell = min(ready, key=lambda c: c.started)  # min keeps the first: plan order on ties
+        doc, proposal = cell.propose(trial_id)
+        self._trial_cell[trial_id] = (cell.plan.cell, doc["tid"])
+        return {"cell": cell.plan.cell, "params": cell.params(doc["misc"]), "proposal": proposal}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """Record the trial's final metric as its cell's hyperopt result (failed if unusable)."""
+        if trial_id not in self._trial_cell:
+            logger.warning("CellRouter: completion of unknown trial %s ignored", trial_id)
+            return
+        name, tid = self._trial_cell[trial_id]
+        cell = self._cells[name]
+        doc = cell.by_tid[tid]
+        value = None if error or not result else result.get(self._metric)
+        if error:
+            loss, why = None, "trial error"
+        elif not isinstance(value, numbers.Real) or isinstance(value, bool):
+            loss, why = None, f"no numeric {self._metric!r} in result"
+        else:
+            loss, why = (-float(value) if self._mode == "max" else float(value)), "non-finite metric"
+        # A repeated completion (Tune's restart_errored) overwrites the result; counts stay.
+        doc["result"] = _result(loss, why)
+        doc["state"] = JOB_STATE_DONE
+        doc["refresh_time"] = coarse_utcnow()
+        cell.running.discard(trial_id)
+        cell.trials.refresh()
+
+    def cell_of(self, trial_id: str) -> str:
+        """The cell a suggested trial belongs to."""
+        return self._trial_cell[trial_id][0]
+
+    def hyperopt_trials(self, cell: str) -> Trials:
+        """The cell's hyperopt Trials (history docs included), for inspection."""
+        return self._cells[cell].trials
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """Per cell: started, finished, failed, running, budget, observed, best (metric units)."""
+        out = {}
+        for name, cell in self._cells.items():
+            mine = [d for d in cell.trials.trials if "ray_trial_id" in d["misc"]]
+            done = [d for d in mine if d["state"] == JOB_STATE_DONE]
+            best = cell.best_loss()
+            out[name] = {
+                "started": cell.started,
+                "finished": len(done),
+                "failed": sum(d["result"].get("status") == STATUS_FAIL for d in done),
+                "running": len(cell.running),
+                "budget": cell.plan.budget,
+                "observed": len(cell.plan.observations),
+                "best": None if best is None else (-best if self._mode == "max" else best),
+            }
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything a restored experiment needs: each cell's Trials docs and RNG state."""
+        return {
+            "version": _STATE_VERSION,
+            "cells": {
+                name: {
+                    "docs": copy.deepcopy(cell.trials.trials),
+                    "rng": cell.rng.bit_generator.state,
+                    "budget": cell.plan.budget,
+                }
+                for name, cell in self._cells.items()
+            },
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load a ``get_state`` snapshot into a router built from the same plans."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported CellRouter state version {state.get('version')!r}")
+        saved = state["cells"]
+        if set(saved) != set(self._cells) or any(
+            saved[n]["budget"] != c.plan.budget for n, c in self._cells.items()
+        ):
+            # Restore cannot change the grid or budgets (decision 1): start a fresh,
+            # warm-started experiment for that.
+            raise ValueError(
+                "CellRouter state was saved for other plans: cells/budgets "
+                f"{ {n: s['budget'] for n, s in saved.items()} } vs "
+                f"{ {n: c.plan.budget for n, c in self._cells.items()} }"
+            )
+        for name, cell in self._cells.items():
+            cell.load(saved[name]["docs"])
+            cell.rng.bit_generator.state = saved[name]["rng"]
+        self._index()
+
+    def save(self, checkpoint_path: str) -> None:
+        """Write ``get_state()`` to a file (Tune calls this via ``save_to_dir``)."""
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Read a file written by ``save`` (Tune calls this on ``Tuner.restore``)."""
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
