@@ -23,6 +23,7 @@ __all__ = [
     "GroupSplit",
     "Preprocessing",
     "WildsSource",
+    "check_dataset",
     "load_dataset",
     "wilds_dataset",
 ]
@@ -44,12 +45,24 @@ def load_dataset(
     """
     spec = DATASETS.get(name)
     merged = merge_options(f"dataset {name!r}", spec.defaults, options)
+    return spec.load(check_dataset(name, root), preprocessing, merged)
+
+
+def check_dataset(name: str, root: str | Path | None) -> Path | None:
+    """The data set's root, once its files are known to be there; raises `DataNotFoundError`.
+
+    Reads the disk only, so a launcher can check every data set before starting anything.
+    """
+    spec = DATASETS.get(name)
     if not spec.needs_root:
-        return spec.load(None, preprocessing, merged)
+        return None
     if root is None:
         raise DataNotFoundError(
             f"dataset {name!r} needs a data root (the folder holding its files) and none was given; "
             f"configure the data root, or use a built-in data set: "
             f"{', '.join(n for n in DATASETS if not DATASETS.get(n).needs_root)}"
         )
-    return spec.load(Path(root).expanduser(), preprocessing, merged)
+    path = Path(root).expanduser()
+    if spec.check is not None:
+        spec.check(path)
+    return path

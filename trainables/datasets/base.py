@@ -69,11 +69,14 @@ class DatasetSpec:
 
     `load(root, preprocessing, options)` returns `GroupData`; `options` has already been merged
     over `defaults` (unknown keys rejected). `root` is None for data sets that need none.
+    `check(root)`, if given, raises `DataNotFoundError` when the files are not there, reading the
+    disk only, so a study can refuse to start before any trial would fail.
     """
 
     name: str
     load: Callable[[Path | None, Preprocessing, Mapping[str, Any]], GroupData]
-    default_image_size: int
+    check: Callable[[Path | None], Any] | None = None
+    default_image_size: int = 224
     defaults: Mapping[str, Any] = field(default_factory=dict)
     n_classes: int = 2
     needs_root: bool = True

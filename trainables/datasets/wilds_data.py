@@ -61,6 +61,7 @@ def wilds_dataset(name: str, source: WildsSource, description: str = "") -> Data
     return DatasetSpec(
         name=name,
         load=functools.partial(load_wilds, name, source),
+        check=functools.partial(check_wilds, name, source),
         default_image_size=224,
         defaults={},
         needs_root=True,
@@ -102,9 +103,7 @@ def load_wilds(
     name: str, source: WildsSource, root: Path | None, preprocessing: Preprocessing, options: Mapping[str, Any]
 ) -> GroupData:
     """Load a WILDS data set as `GroupData`; raise `DataNotFoundError` before touching the disk if incomplete."""
-    cls = source.resolve()
-    version = source.version or _latest_version(cls)
-    check_layout(name, cls, version, source.required, root)
+    cls, version = check_wilds(name, source, root)
     with warnings.catch_warnings():
         # wilds turns read-only pandas (copy-on-write) arrays into tensors; we copy what we keep.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -138,6 +137,14 @@ def load_wilds(
         group_names=_group_names(source, dataset, metadata, fields),
         n_classes=n_classes,
     )
+
+
+def check_wilds(name: str, source: WildsSource, root: Path | None) -> tuple[type, str]:
+    """The wilds class and version of `source`, once its folder is known to be complete."""
+    cls = source.resolve()
+    version = source.version or _latest_version(cls)
+    check_layout(name, cls, version, source.required, root)
+    return cls, version
 
 
 def check_layout(name: str, cls: type, version: str, required: tuple[str, ...], root: Path | None) -> Path:
