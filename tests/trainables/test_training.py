@@ -1,0 +1,132 @@
+"""The training loop: what it reports, how it selects, resumes and fails."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainables.wilds_layouts import make_waterbirds
+from trainables.objectives import OBJECTIVES
+from trainables.training import CHECKPOINT_FILE, DivergedError, train
+
+TINY = {"dataset": "spurious_digits", "model": "resnet-10x0.25", "epochs": 2, "batch_size": 128, "lr": 0.05,
+        "image_size": 16}
+
+
+def run(config: dict, tmp_path: Path, **kwargs) -> tuple[list[dict], list[Path], dict]:
+    reports: list[dict] = []
+    checkpoints: list[Path] = []
+
+    def report(metrics: dict, checkpoint_dir: Path) -> None:
+        reports.append(dict(metrics))
+        checkpoints.append(checkpoint_dir)
+        assert (checkpoint_dir / CHECKPOINT_FILE).exists(), "the checkpoint is written before the report"
+
+    final = train(config, report, workdir=tmp_path, **kwargs)
+    return reports, checkpoints, final
+
+
+def test_reports_every_epoch_with_per_group_metrics_of_val_and_test(tmp_path):
+    reports, checkpoints, final = run(TINY, tmp_path)
+
+    assert [r["epoch"] for r in reports] == [1.0, 2.0]
+    for r in reports:
+        for split in ("val", "test"):
+            assert {f"{split}/avg_acc", f"{split}/worst_acc", f"{split}/weighted_acc"} <= r.keys()
+            groups = [r[f"{split}/acc_g{k}"] for k in range(4)]
+            assert r[f"{split}/worst_acc"] == min(groups)
+        assert math.isfinite(r["train/loss"]) and r["train/images_per_s"] > 0
+    assert final == reports[-1]
+    assert len(set(checkpoints)) == 1
+
+
+def test_the_best_epoch_is_chosen_by_validation_worst_group_accuracy(tmp_path):
+    reports, _, final = run({**TINY, "epochs": 3}, tmp_path)
+
+    best = max(reports, key=lambda r: r["val/worst_acc"])  # first maximum, like the loop
+    assert final["best/epoch"] == best["epoch"]
+    assert final["best/val_worst_acc"] == best["val/worst_acc"]
+    assert final["best/test_worst_acc"] == best["test/worst_acc"]
+    assert final["best/test_avg_acc"] == best["test/avg_acc"]
+
+
+def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
+    first, _, _ = run(TINY, tmp_path / "a")
+    second, _, _ = run(TINY, tmp_path / "b")
+
+    strip = lambda r: {k: v for k, v in r.items() if k != "train/images_per_s"}  # noqa: E731
+    assert [strip(r) for r in first] == [strip(r) for r in second]
+
+
+def test_resuming_from_a_checkpoint_continues_exactly_where_it_stopped(tmp_path):
+    straight, _, _ = run({**TINY, "epochs": 3}, tmp_path / "straight")
+
+    # Stop after epoch 1 by raising from the report, as a killed worker would.
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics: dict, checkpoint_dir: Path) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        train({**TINY, "epochs": 3}, stop_after_first, workdir=tmp_path / "interrupted")
+    resumed, _, _ = run({**TINY, "epochs": 3}, tmp_path / "resumed", resume_from=tmp_path / "interrupted" / "checkpoint")
+
+    strip = lambda r: {k: v for k, v in r.items() if k != "train/images_per_s"}  # noqa: E731
+    assert [r["epoch"] for r in resumed] == [2.0, 3.0]
+    assert [strip(r) for r in resumed] == [strip(r) for r in straight[1:]]
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    run({**TINY, "epochs": 1}, tmp_path / "a")
+
+    with pytest.raises(ValueError, match="differs in model"):
+        train({**TINY, "model": "resnet-10x0.5"}, workdir=tmp_path / "b", resume_from=tmp_path / "a" / "checkpoint")
+
+
+def test_a_diverging_loss_ends_the_trial_with_a_clear_error(tmp_path):
+    with pytest.raises(DivergedError, match=r"training loss became (nan|inf) at epoch 1"):
+        train({**TINY, "lr": 1e12, "momentum": 0.0, "schedule": "constant"}, workdir=tmp_path)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES.names())
+def test_every_objective_trains_through_the_loop(objective, tmp_path):
+    reports, _, final = run({**TINY, "objective": objective, "epochs": 1}, tmp_path)
+
+    assert len(reports) == 1
+    assert 0.0 <= final["best/test_worst_acc"] <= 1.0
+    assert math.isfinite(final["train/loss"])
+
+
+def test_environments_can_be_the_spurious_attribute_instead_of_the_groups(tmp_path):
+    _, _, final = run({**TINY, "objective": "groupdro", "environments": "attribute", "epochs": 1}, tmp_path)
+
+    assert math.isfinite(final["train/loss"])
+
+
+def test_lazily_decoded_wilds_data_trains_through_dataloader_workers(tmp_path):
+    make_waterbirds(tmp_path / "data")
+    config = {"dataset": "waterbirds", "data_root": str(tmp_path / "data"), "model": "resnet-10x0.25",
+              "image_size": 16, "epochs": 1, "batch_size": 4, "num_workers": 1}
+
+    reports, _, _ = run(config, tmp_path / "work")
+
+    # Waterbirds' val split of the tiny layout has every group present (see wilds_layouts).
+    assert not any(math.isnan(reports[0][f"val/acc_g{k}"]) for k in range(4))
+
+
+def test_an_unknown_setting_fails_before_any_work(tmp_path):
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
+        train({**TINY, "batchsize": 3}, workdir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_loop_runs_on_the_cpu_without_amp(tmp_path):
+    reports, _, _ = run({**TINY, "epochs": 1, "amp": True, "device": "auto"}, tmp_path)
+
+    assert reports and not torch.cuda.is_available()
