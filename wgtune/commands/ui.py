@@ -1,0 +1,56 @@
+"""`wgtune ui --grid FILE`: the MLflow UI over the study's runs, on this machine only by default."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from wgtune.cli import Command
+from wgtune.commands.launch import add_study_arguments
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class UICommand(Command):
+    name = "ui"
+    help = "Start the MLflow UI on the study's tracking store and print its address."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_study_arguments(parser)
+        parser.add_argument("--port", type=int, default=5000)
+        parser.add_argument("--host", default="127.0.0.1",
+                            help="interface to bind (default 127.0.0.1: this machine only)")
+        parser.add_argument("--allow-remote", action="store_true",
+                            help="required to bind anything but loopback; the UI has no authentication")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from wgtune.errors import UserError
+        from wgtune.grid import load_grid
+        from wgtune.tracking_store import is_local_store, redact, resolve_tracking_uri
+
+        grid = load_grid(args.grid)
+        uri = resolve_tracking_uri(grid.study_dir, args.tracking_uri)
+        if not is_local_store(uri):
+            raise UserError(f"the study is tracked on a server ({redact(uri)}): open that server's address instead")
+        if args.host not in LOOPBACK:
+            if not args.allow_remote:
+                raise UserError(f"--host {args.host} exposes every run to the network without authentication; "
+                                "add --allow-remote if that is what you want")
+            print(f"warning: the MLflow UI is reachable from the network on {args.host}:{args.port}, "
+                  "with no authentication", file=sys.stderr)
+        command = ui_command(uri, args.host, args.port)
+        print(f"MLflow UI for study {grid.spec.study}: http://{_url_host(args.host)}:{args.port}  (Ctrl-C stops it)",
+              flush=True)
+        return subprocess.call(command)
+
+
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow ui` command line for a local store (artifacts are found through each experiment)."""
+    # One worker: the UI serves one person, and each worker costs seconds to start and ~150 MB.
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+            "--workers", "1"]
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host

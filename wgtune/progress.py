@@ -1,0 +1,39 @@
+"""Per-cell progress as a compact table: the live view of a launch and `wgtune status` share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass
+class CellProgress:
+    """One row: how far a cell's search is, and the best validation worst-group accuracy so far."""
+
+    label: str
+    budget: int
+    finished: int = 0
+    running: int = 0
+    failed: int = 0
+    best: float | None = None
+
+    def record(self, value: float | None) -> None:
+        """Count a finished trial and keep the best value."""
+        self.finished += 1
+        if value is not None and value == value and (self.best is None or value > self.best):
+            self.best = value
+
+
+def render(rows: Iterable[CellProgress], title: str = "") -> str:
+    """A fixed-width table, one line per cell, with a total line: readable with dozens of cells."""
+    rows = list(rows)
+    width = max([len(r.label) for r in rows] + [4])
+    lines = [title] if title else []
+    lines.append(f"{'cell':<{width}}  {'done':>9}  {'run':>3}  {'fail':>4}  best val worst-group")
+    for r in rows:
+        best = f"{r.best:.3f}" if r.best is not None else "-"
+        done = f"{r.finished}/{r.budget}"
+        lines.append(f"{r.label:<{width}}  {done:>9}  {r.running:>3}  {r.failed:>4}  {best}")
+    total = f"{sum(r.finished for r in rows)}/{sum(r.budget for r in rows)}"
+    lines.append(f"{'total':<{width}}  {total:>9}  {sum(r.running for r in rows):>3}  {sum(r.failed for r in rows):>4}")
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""A study end to end: launch (or resume) it, describe it without starting, report its status.
+
+Everything that can be wrong with the input is checked before the tracking store is written
+or Ray is started, so a bad launch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+from wgtune.errors import UserError
+from wgtune.grid import Grid, expand_study_dir
+from wgtune.plan import PlannedCell, plan_cells
+from wgtune.priors import cell_priors
+from wgtune.progress import CellProgress, render
+from wgtune.tracking import CellInfo, StudyTracker
+from wgtune.tracking_store import (
+    artifact_root,
+    check_tracking,
+    is_local_store,
+    redact,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+
+Print = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What the CLI adds to the grid: where to track and which cluster to join."""
+
+    tracking_uri: str | None = None
+    address: str | None = None
+    progress_every_s: float = 30.0
+
+
+def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print) -> dict[str, CellProgress]:
+    """Run every cell's remaining budget; finished trials in MLflow count, so a re-launch resumes."""
+    from wgtune.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
+
+    check_data(grid)
+    uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
+    check_tracking(uri)
+    study_dir = expand_study_dir(grid)
+    tracker = StudyTracker(uri, grid.spec.study, artifact_root(study_dir) if is_local_store(uri) else None)
+    try:
+        closed = tracker.close_orphans()
+        if closed:
+            print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
+        cells = prepare(grid, tracker)
+        for planned in cells:
+            if planned.remaining > 0 and planned.priors is not None:
+                tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
+        todo = [c for c in cells if c.remaining > 0]
+        print_line(_headline(grid, cells, uri, study_dir))
+        if todo:
+            search = grid.spec.search
+            run_experiment(
+                cells,
+                tracker,
+                RunSettings(
+                    storage=study_dir / "ray",
+                    name=f"{grid.spec.study}-{dt.datetime.now():%Y%m%d-%H%M%S}",
+                    max_concurrent=search.max_concurrent,
+                    scheduler=search.scheduler,
+                    grace_period=search.grace_period,
+                    max_failures=search.max_failures,
+                    epochs=grid.spec.epochs,
+                    n_startup=search.n_startup,
+                    address=options.address,
+                    progress_every_s=options.progress_every_s,
+                ),
+                print_line,
+            )
+        for planned in cells:
+            tracker.close_cell(planned.cell.id)
+        tracker.flush()
+        final = status_rows(grid, tracker)
+    finally:
+        tracker.close()
+    print_line(f"browse the trials: wgtune ui --grid {grid.path}   (MLflow store: {redact(uri)})")
+    return final
+
+
+def check_data(grid: Grid) -> None:
+    """Every data set of the grid is on disk, or one message naming the grid's data_root."""
+    from trainables.datasets import DataNotFoundError, check_dataset
+
+    for dataset in grid.dataset_names():
+        try:
+            check_dataset(dataset, grid.data_root)
+        except DataNotFoundError as err:
+            raise UserError(f"{grid.path}: data_root: {err}") from None
+
+
+def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[PlannedCell]:
+    """Every cell's plan with its budget left and its priors, from what MLflow holds.
+
+    With `register`, each cell's parent run is created (or reopened) in the store.
+    """
+    summaries = tracker.cell_summaries()
+    cells = plan_cells(grid, {cell: s.finished for cell, s in summaries.items()})
+    infos = {c.cell.id: cell_info(c) for c in cells}
+    n_params = {cell_id: info.n_params for cell_id, info in infos.items()}
+    peers = [c.cell for c in cells]
+    planned = []
+    for c in cells:
+        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors)
+        planned.append(replace(c, priors=priors))
+        if register:
+            tracker.cell_run(infos[c.cell.id])
+    return planned
+
+
+def priors_report(grid: Grid, tracking_uri: str | None = None, cell_filter: str | None = None) -> str:
+    """What a launch would start each cell from (JSON per cell); starts nothing, writes nothing."""
+    with _existing_study(grid, tracking_uri) as tracker:
+        cells = prepare(grid, tracker, register=False)
+    chosen = [c for c in cells if cell_filter is None or fnmatch.fnmatchcase(c.cell.id, cell_filter)]
+    if not chosen:
+        raise UserError(f"no cell of {grid.path} matches {cell_filter!r}; cells: {', '.join(c.cell.id for c in cells)}")
+    return "\n".join(json.dumps(c.priors.describe(), indent=2) for c in chosen if c.priors is not None)
+
+
+def status(grid: Grid, tracking_uri: str | None = None) -> str:
+    """The per-cell table from MLflow alone (Ray is not started)."""
+    uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
+    with _existing_study(grid, tracking_uri) as tracker:
+        rows = status_rows(grid, tracker)
+    return render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})")
+
+
+@contextmanager
+def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTracker]:
+    """The study's tracker for reading; looking at a study must not create its store or experiment."""
+    uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
+    db = sqlite_path(uri)
+    missing = UserError(f"study {grid.spec.study!r} has not been launched yet: no MLflow experiment of that "
+                        f"name in {redact(uri)} (run `wgtune launch --grid {grid.path}`)")
+    if db is not None and not db.exists():
+        raise missing
+    check_tracking(uri)
+    from mlflow import MlflowClient
+
+    if MlflowClient(uri).get_experiment_by_name(grid.spec.study) is None:
+        raise missing
+    with StudyTracker(uri, grid.spec.study) as tracker:
+        yield tracker
+
+
+def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
+    """One progress row per cell of the grid, counted from the tracking store."""
+    summaries = tracker.cell_summaries()
+    rows = {}
+    for cell in grid.cells():
+        s = summaries.get(cell.id)
+        rows[cell.id] = CellProgress(
+            cell.label,
+            grid.spec.search.num_samples,
+            finished=s.finished if s else 0,
+            running=s.running if s else 0,
+            failed=s.failed if s else 0,
+            best=s.best_value if s else None,
+        )
+    return rows
+
+
+def describe(grid: Grid, tracking_uri: str | None = None) -> str:
+    """What a launch would do (cells, spaces, budgets, resources, where results go); starts nothing."""
+    cells = plan_cells(grid)
+    study_dir = grid.study_dir
+    uri = resolve_tracking_uri(study_dir, tracking_uri)
+    search = grid.spec.search
+    lines = [
+        _headline(grid, cells, uri, study_dir),
+        f"per cell: {search.num_samples} trials of {grid.spec.epochs} epochs, TPE after {search.n_startup} random; "
+        f"{search.max_concurrent} trials at once in the study; scheduler {search.scheduler}; "
+        f"retries {search.max_failures}",
+    ]
+    for planned in cells:
+        r = planned.resources
+        lines.append(f"\n{planned.cell.label}  [{planned.cell.id}]")
+        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget}")
+        lines.extend(f"  {line}" for line in planned.space.describe())
+    return "\n".join(lines)
+
+
+def cell_info(planned: PlannedCell) -> CellInfo:
+    """What the tracking store records about a cell, with its parameter count at the input size
+    and class count the cell trains with (a ViT's position embedding depends on the size)."""
+    from trainables.config import TrialConfig
+    from trainables.datasets import DATASETS
+    from trainables.models import count_parameters, resolve
+    from trainables.training import resolve_preprocessing
+
+    cell = planned.cell
+    prep = resolve_preprocessing(resolve(cell.model), cell.dataset, TrialConfig.from_mapping(planned.base_config))
+    return CellInfo(
+        cell_id=cell.id,
+        dataset=cell.dataset,
+        family=cell.family,
+        size=cell.size,
+        model=cell.model,
+        n_params=count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size),
+        objective=cell.objective,
+        pretrained=cell.pretrained,
+    )
+
+
+def _headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:
+    remaining = sum(c.remaining for c in cells)
+    return (
+        f"study {grid.spec.study}: {len(cells)} cells, {remaining} trials to run; "
+        f"results in {study_dir} (MLflow: {redact(uri)})"
+    )
