@@ -49,6 +49,7 @@ class RunSettings:
     n_startup: int
     address: str | None = None
     progress_every_s: float = 30.0
+    restore: bool = False
 
 
 def run_experiment(
@@ -76,12 +77,32 @@ def run_experiment(
         tune.with_parameters(trial_fn or _run_trial, cells=by_id),
         resources=_resources_of(by_id),
     )
-    tuner = tune.Tuner(
+    if settings.restore:
+        # The experiment's own searcher, scheduler and callbacks come back from its state;
+        # trials that were running continue from their last epoch checkpoint.
+        tuner = tune.Tuner.restore(str(settings.storage / settings.name), trainable,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _new_tuner(trainable, router, sum(p.budget for p in plans), settings, key)
+    try:
+        tuner.fit()
+    finally:
+        del _SESSIONS[key]
+    return progress
+
+
+def restorable(path: Path) -> bool:
+    """Whether Tune left an experiment state at `path` that it can restore."""
+    return tune.Tuner.can_restore(str(path))
+
+
+def _new_tuner(trainable: Any, router: CellRouter, trials: int, settings: RunSettings, key: str) -> tune.Tuner:
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(router, max_concurrent=settings.max_concurrent),
             scheduler=_scheduler(settings),
-            num_samples=sum(p.budget for p in plans),
+            num_samples=trials,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -93,11 +114,6 @@ def run_experiment(
             verbose=0,
         ),
     )
-    try:
-        tuner.fit()
-    finally:
-        del _SESSIONS[key]
-    return progress
 
 
 def _search_plan(cell: PlannedCell, n_startup: int) -> CellPlan:

@@ -68,30 +68,39 @@ def cell_priors(
     peers: Sequence[Cell],
     settings: PriorSettings,
 ) -> CellPriors:
-    """The priors of `cell`. `peers` are the study's other cells, `n_params` every cell's size."""
+    """The priors of `cell`. `peers` are the study's other cells, `n_params` every cell's size.
+
+    Own history always becomes observations. Neighbours' best configurations are proposed
+    first only to a cell with no history. The box, when asked for, spans the neighbours' top
+    configurations and the cell's own history, so it survives a re-launch and every own
+    observation still fits it.
+    """
     own = summaries.get(cell.id)
-    if own is not None and own.observations:
-        observations, runs, skipped = _observations(space, own.observations)
-        return CellPriors(cell.id, space, tuple(observations), tuple(runs), skipped=tuple(skipped))
-    if settings.transfer == "none":
-        return CellPriors(cell.id, space)
-    neighbours = _neighbours(cell, peers, summaries, n_params)[: settings.top_k]
-    if not neighbours:
-        return CellPriors(cell.id, space)
+    history = tuple(own.observations) if own is not None else ()
     skipped: list[tuple[str, str]] = []
-    best = _top_configs(space, [summaries[n.cell_id] for n in neighbours], 1, skipped)
+    neighbours: list[Neighbour] = []
+    if settings.transfer == "neighbours":
+        neighbours = _neighbours(cell, peers, summaries, n_params)[: settings.top_k]
+    sources = [summaries[n.cell_id] for n in neighbours]
     narrowed = False
-    if settings.narrow == "box":
-        box_points = _top_configs(space, [summaries[n.cell_id] for n in neighbours], settings.top_k, skipped)
-        if box_points:
-            space = space.narrow(box_points, margin=settings.margin)
+    if sources and settings.narrow == "box":
+        points = _top_configs(space, sources, settings.top_k, skipped)
+        points += _fitting(space, history)
+        if points:
+            space = space.narrow(points, margin=settings.margin)
             narrowed = True
-    unique = list({_key(p): p for p in best}.values())
+    observations, runs, rejected = _observations(space, history)
+    skipped.extend(rejected)
+    first: list[dict[str, Any]] = []
+    if not history and sources:
+        first = list({_key(p): p for p in _top_configs(space, sources, 1, skipped)}.values())
     return CellPriors(
         cell.id,
         space,
-        first_points=tuple(space.encode(p) for p in unique),
-        first_params=tuple(unique),
+        observations=tuple(observations),
+        observed_runs=tuple(runs),
+        first_points=tuple(space.encode(p) for p in first),
+        first_params=tuple(first),
         neighbours=tuple(neighbours),
         narrowed=narrowed,
         skipped=tuple(skipped),
@@ -133,6 +142,19 @@ def _observations(
         observations.append((vals, -obs.value))  # TPE minimises; we maximise accuracy
         runs.append(obs.run_id)
     return observations, runs, skipped
+
+
+def _fitting(space: SearchSpace, history: Sequence[Observation]) -> list[dict[str, Any]]:
+    """The params of the finished trials that lie in `space` (the others are reported elsewhere)."""
+    points = []
+    for obs in history:
+        try:
+            params = parse_params(space, obs.params)
+        except (SpaceError, ValueError):
+            continue
+        if space.contains(params) is None:
+            points.append(params)
+    return points
 
 
 def _neighbours(

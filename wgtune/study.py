@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -62,12 +63,20 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
         print_line(_headline(grid, cells, uri, study_dir))
         if todo:
             search = grid.spec.search
+            experiment = Experiment(study_dir / "ray", grid)
+            restore = experiment.resumable()
+            print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
+                       "continue from their last epoch" if restore else
+                       f"new Ray experiment, warm-started from MLflow "
+                       f"({sum(len(c.priors.observations) for c in cells if c.priors)} finished trials as observations)")
+            experiment.begin(restore)
             run_experiment(
                 cells,
                 tracker,
                 RunSettings(
-                    storage=study_dir / "ray",
-                    name=f"{grid.spec.study}-{dt.datetime.now():%Y%m%d-%H%M%S}",
+                    storage=experiment.storage,
+                    name=experiment.name,
+                    restore=restore,
                     max_concurrent=search.max_concurrent,
                     scheduler=search.scheduler,
                     grace_period=search.grace_period,
@@ -79,6 +88,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                 ),
                 print_line,
             )
+            experiment.complete()
         for planned in cells:
             tracker.close_cell(planned.cell.id)
         tracker.flush()
@@ -87,6 +97,43 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
         tracker.close()
     print_line(f"browse the trials: wgtune ui --grid {grid.path}   (MLflow store: {redact(uri)})")
     return final
+
+
+class Experiment:
+    """The study's Ray Tune experiment folder, and whether the last launch into it finished.
+
+    Tune can restore an interrupted experiment only as it was: same trials, same budgets, same
+    space. So it is restored only when the last launch of the same grid was interrupted; any
+    other launch archives the folder and starts a new experiment, warm-started from MLflow.
+    """
+
+    def __init__(self, storage: Path, grid: Grid) -> None:
+        self.storage, self.name = storage, grid.spec.study
+        self.path = storage / self.name
+        self.marker = storage / f"{self.name}.launch.json"
+        self.fingerprint = hashlib.sha256(grid.spec.model_dump_json().encode()).hexdigest()
+
+    def resumable(self) -> bool:
+        from wgtune.driver import restorable
+
+        try:
+            last = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return False
+        same = last.get("fingerprint") == self.fingerprint and not last.get("complete", True)
+        return same and restorable(self.path)
+
+    def begin(self, restore: bool) -> None:
+        if not restore and self.path.exists():
+            self.path.rename(self.storage / f"{self.name}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+        self._mark(complete=False)
+
+    def complete(self) -> None:
+        self._mark(complete=True)
+
+    def _mark(self, complete: bool) -> None:
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(json.dumps({"fingerprint": self.fingerprint, "complete": complete}))
 
 
 def check_data(grid: Grid) -> None:
