@@ -39,7 +39,7 @@ _OUR_PREFIXES = ("train/", "val/", "test/", "best/")
 class RunSettings:
     """How the driver runs the experiment (from the grid's `search` block and the CLI)."""
 
-    storage: Path
+    storage: str
     name: str
     max_concurrent: int
     scheduler: str
@@ -71,7 +71,7 @@ def run_experiment(
         c.cell.id: CellProgress(c.cell.label, c.budget, finished=c.finished)
         for c in cells
     }
-    key = str(settings.storage / settings.name)
+    key = _join(settings.storage, settings.name)
     _SESSIONS[key] = _Session(tracker, progress, print_line, settings.progress_every_s)
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn or _run_trial, cells=by_id),
@@ -80,7 +80,7 @@ def run_experiment(
     if settings.restore:
         # The experiment's own searcher, scheduler and callbacks come back from its state;
         # trials that were running continue from their last epoch checkpoint.
-        tuner = tune.Tuner.restore(str(settings.storage / settings.name), trainable,
+        tuner = tune.Tuner.restore(_join(settings.storage, settings.name), trainable,
                                    resume_unfinished=True, resume_errored=True)
     else:
         tuner = _new_tuner(trainable, router, sum(p.budget for p in plans), settings, key)
@@ -91,9 +91,14 @@ def run_experiment(
     return progress
 
 
-def restorable(path: Path) -> bool:
-    """Whether Tune left an experiment state at `path` that it can restore."""
-    return tune.Tuner.can_restore(str(path))
+def restorable(storage: str, name: str) -> bool:
+    """Whether Tune left a restorable state of experiment `name` under `storage` (a folder or a URI)."""
+    return tune.Tuner.can_restore(_join(storage, name))
+
+
+def _join(storage: str, name: str) -> str:
+    """An experiment's location under a storage folder or URI (s3://, gs://, ...)."""
+    return f"{storage.rstrip('/')}/{name}"
 
 
 def _new_tuner(trainable: Any, router: CellRouter, trials: int, settings: RunSettings, key: str) -> tune.Tuner:
@@ -107,7 +112,7 @@ def _new_tuner(trainable: Any, router: CellRouter, trials: int, settings: RunSet
         ),
         run_config=tune.RunConfig(
             name=settings.name,
-            storage_path=str(settings.storage),
+            storage_path=settings.storage,
             callbacks=[_TrackingCallback(key), _ProgressCallback(key)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),

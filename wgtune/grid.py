@@ -99,6 +99,7 @@ class GridFile(_Strict):
 
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     study_dir: str | None = None
+    storage: str | None = None
     data_root: str | None = None
     datasets: Union[list[str], dict[str, dict[str, Any]]]
     models: Union[list[str], dict[str, list[Union[str, int, float]]]]
@@ -155,6 +156,15 @@ class Grid:
         if self.spec.study_dir is None:
             return (Path("wgtune_studies") / self.spec.study).resolve()
         return self._from_grid(self.spec.study_dir)
+
+    @property
+    def storage(self) -> str:
+        """Where Tune keeps experiment state and checkpoints. On a cluster every node must see it
+        (a shared folder, or s3:// / gs://); by default `<study_dir>/ray`, enough on one machine."""
+        given = self.spec.storage
+        if given is None:
+            return str(self.study_dir / "ray")
+        return given if "://" in given else str(self._from_grid(given))
 
     @property
     def data_root(self) -> str | None:

@@ -63,13 +63,13 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
         print_line(_headline(grid, cells, uri, study_dir))
         if todo:
             search = grid.spec.search
-            experiment = Experiment(study_dir / "ray", grid)
-            restore = experiment.resumable()
+            experiment = Experiment(grid)
+            restore = experiment.restore
             print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
                        "continue from their last epoch" if restore else
                        f"new Ray experiment, warm-started from MLflow "
                        f"({sum(len(c.priors.observations) for c in cells if c.priors)} finished trials as observations)")
-            experiment.begin(restore)
+            experiment.begin()
             run_experiment(
                 cells,
                 tracker,
@@ -100,40 +100,44 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
 
 
 class Experiment:
-    """The study's Ray Tune experiment folder, and whether the last launch into it finished.
+    """The study's Ray Tune experiment, and whether the last launch into it finished.
 
     Tune can restore an interrupted experiment only as it was: same trials, same budgets, same
     space. So it is restored only when the last launch of the same grid was interrupted; any
-    other launch archives the folder and starts a new experiment, warm-started from MLflow.
+    other launch starts a new experiment (a new name under the same storage), warm-started from
+    MLflow. The record of the last launch lives in the study folder, whatever the storage.
     """
 
-    def __init__(self, storage: Path, grid: Grid) -> None:
-        self.storage, self.name = storage, grid.spec.study
-        self.path = storage / self.name
-        self.marker = storage / f"{self.name}.launch.json"
+    def __init__(self, grid: Grid) -> None:
+        self.storage = grid.storage
+        self.marker = grid.study_dir / "last_launch.json"
         self.fingerprint = hashlib.sha256(grid.spec.model_dump_json().encode()).hexdigest()
+        self.name = f"{grid.spec.study}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        self.restore = self._interrupted()
 
-    def resumable(self) -> bool:
+    def _interrupted(self) -> bool:
         from wgtune.driver import restorable
 
         try:
             last = json.loads(self.marker.read_text())
         except (OSError, ValueError):
             return False
-        same = last.get("fingerprint") == self.fingerprint and not last.get("complete", True)
-        return same and restorable(self.path)
+        if last.get("fingerprint") != self.fingerprint or last.get("complete", True):
+            return False
+        if not restorable(self.storage, last["name"]):
+            return False
+        self.name = last["name"]
+        return True
 
-    def begin(self, restore: bool) -> None:
-        if not restore and self.path.exists():
-            self.path.rename(self.storage / f"{self.name}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    def begin(self) -> None:
         self._mark(complete=False)
 
     def complete(self) -> None:
         self._mark(complete=True)
 
     def _mark(self, complete: bool) -> None:
-        self.storage.mkdir(parents=True, exist_ok=True)
-        self.marker.write_text(json.dumps({"fingerprint": self.fingerprint, "complete": complete}))
+        record = {"fingerprint": self.fingerprint, "name": self.name, "storage": self.storage, "complete": complete}
+        self.marker.write_text(json.dumps(record, indent=2))
 
 
 def check_data(grid: Grid) -> None:
