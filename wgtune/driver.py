@@ -64,11 +64,12 @@ def run_experiment(
     `trial_fn(config, cells)` replaces the training trial (benchmarks of the orchestration use a no-op).
     """
     by_id = {c.cell.id: c for c in cells}
-    plans = [_search_plan(c, settings.n_startup) for c in cells if c.remaining > 0]
+    plans = [_search_plan(c, settings.n_startup) for c in cells if c.has_work]
     _init_ray(settings.address)
     router = CellRouter(plans, metric=OBJECTIVE_METRIC, mode="max")
     progress = {
-        c.cell.id: CellProgress(c.cell.label, c.budget, finished=c.finished)
+        c.cell.id: CellProgress(c.cell.label, c.budget, finished=c.finished, final=c.final_finished,
+                                final_budget=c.final_seeds)
         for c in cells
     }
     key = _join(settings.storage, settings.name)
@@ -83,7 +84,7 @@ def run_experiment(
         tuner = tune.Tuner.restore(_join(settings.storage, settings.name), trainable,
                                    resume_unfinished=True, resume_errored=True)
     else:
-        tuner = _new_tuner(trainable, router, sum(p.budget for p in plans), settings, key)
+        tuner = _new_tuner(trainable, router, sum(p.budget + p.final_seeds for p in plans), settings, key)
     try:
         tuner.fit()
     finally:
@@ -124,8 +125,9 @@ def _new_tuner(trainable: Any, router: CellRouter, trials: int, settings: RunSet
 def _search_plan(cell: PlannedCell, n_startup: int) -> CellPlan:
     """The router's view of a cell: its (possibly narrowed) space, remaining budget and priors."""
     priors = cell.priors
+    finals = {"final_seeds": cell.final_remaining, "final_offset": cell.final_finished}
     if priors is None:
-        return CellPlan(cell.cell.id, cell.space.to_hyperopt(), cell.remaining, cell.seed, n_startup)
+        return CellPlan(cell.cell.id, cell.space.to_hyperopt(), cell.remaining, cell.seed, n_startup, **finals)
     return CellPlan(
         cell.cell.id,
         priors.space.to_hyperopt(),
@@ -134,6 +136,7 @@ def _search_plan(cell: PlannedCell, n_startup: int) -> CellPlan:
         n_startup,
         observations=priors.observations,
         first_points=priors.first_points,
+        **finals,
     )
 
 
@@ -150,7 +153,9 @@ def _init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local" starts a new instance: a bare ray.init() would silently join whatever cluster
+        # /tmp/ray/ray_current_cluster names (a leftover `ray start`, another user's).
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def _run_trial(config: dict[str, Any], cells: Mapping[str, PlannedCell]) -> None:
@@ -158,7 +163,7 @@ def _run_trial(config: dict[str, Any], cells: Mapping[str, PlannedCell]) -> None
     from trainables.training import train
 
     planned = cells[config["cell"]]
-    settings = trial_config(planned, config["params"])
+    settings = trial_config(planned, config["params"], config.get("seed"))
     checkpoint = tune.get_checkpoint()
 
     def report(metrics: dict[str, float], checkpoint_dir: Path) -> None:
@@ -264,8 +269,9 @@ class _TrackingCallback(_SessionCallback):
     def _start(self, trial: Trial) -> str:
         """The trial's run: created, or (a restored or retried trial) reopened as RUNNING."""
         config = trial.config
+        params = {**config["params"], **({"seed": config["seed"]} if "seed" in config else {})}
         self.runs[trial.trial_id] = self.tracker.start_trial(
-            config["cell"], trial.trial_id, config["params"], config["proposal"]
+            config["cell"], trial.trial_id, params, config["proposal"], phase=config.get("phase", "search")
         )
         return self.runs[trial.trial_id]
 
@@ -316,7 +322,13 @@ class _ProgressCallback(_SessionCallback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         row = self.rows[trial.config["cell"]]
         row.running -= 1
-        value = (trial.last_result or {}).get(OBJECTIVE_METRIC)
+        result = trial.last_result or {}
+        if trial.config.get("phase") == "final":
+            row.final += 1
+            self.print_line(f"[final {row.final}/{row.final_budget}] {row.label}: seed {trial.config['seed']} "
+                            f"test worst-group {result.get('best/test_worst_acc', float('nan')):.3f}")
+            return
+        value = result.get(OBJECTIVE_METRIC)
         row.record(value)
         shown = f"{value:.3f}" if value is not None else "n/a"
         self.print_line(f"[{row.finished}/{row.budget}] {row.label}: trial {trial.trial_id} "
