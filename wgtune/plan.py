@@ -7,11 +7,12 @@ the driver.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from wgtune.grid import Cell, Grid, ResourceSpec
 from wgtune.priors import CellPriors
 from wgtune.spaces import SearchSpace, load_space
+from wgtune.tracking_records import CellSummary
 
 OBJECTIVE_METRIC = "best/val_worst_acc"
 """What every trial is selected on: the best epoch's validation worst-group accuracy."""
@@ -29,15 +30,27 @@ class PlannedCell:
     finished: int = 0
     seed: int = 0
     priors: CellPriors | None = None
+    final_seeds: int = 0
+    final_finished: int = 0
 
     @property
     def remaining(self) -> int:
+        """Search trials still to run."""
         return max(self.budget - self.finished, 0)
 
+    @property
+    def final_remaining(self) -> int:
+        """Final-seed re-trainings of the chosen config still to run (after the search)."""
+        return max(self.final_seeds - self.final_finished, 0)
 
-def plan_cells(grid: Grid, finished: dict[str, int] | None = None) -> list[PlannedCell]:
-    """Every cell's plan; `finished` counts trials MLflow already holds per cell id."""
-    finished = finished or {}
+    @property
+    def has_work(self) -> bool:
+        return self.remaining > 0 or self.final_remaining > 0
+
+
+def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> list[PlannedCell]:
+    """Every cell's plan; `history` is what MLflow already holds per cell id."""
+    history = history or {}
     plans = []
     for cell in grid.cells():
         space = load_space(
@@ -52,8 +65,10 @@ def plan_cells(grid: Grid, finished: dict[str, int] | None = None) -> list[Plann
                 base_config=base_config(grid, cell),
                 resources=grid.resources(cell),
                 budget=grid.spec.search.num_samples,
-                finished=finished.get(cell.id, 0),
+                finished=history[cell.id].finished if cell.id in history else 0,
                 seed=cell.seed(grid.spec.search.seed),
+                final_seeds=grid.spec.final_seeds,
+                final_finished=history[cell.id].final_finished if cell.id in history else 0,
             )
         )
     return plans
@@ -80,11 +95,14 @@ def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:
     }
 
 
-def trial_config(plan: PlannedCell, params: dict[str, Any]) -> dict[str, Any]:
-    """A full trial config: the cell's base, then the searched values (objective options merged)."""
+def trial_config(plan: PlannedCell, params: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+    """A full trial config: the cell's base, then the searched values (objective options merged),
+    and for a final-seed trial its own seed."""
     updates = plan.space.to_config(params)
     config = dict(plan.base_config)
     options = {**config.get("objective_options", {}), **updates.pop("objective_options", {})}
     config.update(updates)
     config["objective_options"] = options
+    if seed is not None:
+        config["seed"] = seed
     return config

@@ -16,6 +16,8 @@ class CellProgress:
     running: int = 0
     failed: int = 0
     best: float | None = None
+    final: int = 0
+    final_budget: int = 0
 
     def record(self, value: float | None) -> None:
         """Count a finished trial and keep the best value."""
@@ -29,11 +31,13 @@ def render(rows: Iterable[CellProgress], title: str = "") -> str:
     rows = list(rows)
     width = max([len(r.label) for r in rows] + [4])
     lines = [title] if title else []
-    lines.append(f"{'cell':<{width}}  {'done':>9}  {'run':>3}  {'fail':>4}  best val worst-group")
+    lines.append(f"{'cell':<{width}}  {'search':>9}  {'final':>7}  {'run':>3}  {'fail':>4}  best val worst-group")
     for r in rows:
         best = f"{r.best:.3f}" if r.best is not None else "-"
-        done = f"{r.finished}/{r.budget}"
-        lines.append(f"{r.label:<{width}}  {done:>9}  {r.running:>3}  {r.failed:>4}  {best}")
+        done, final = f"{r.finished}/{r.budget}", f"{r.final}/{r.final_budget}"
+        lines.append(f"{r.label:<{width}}  {done:>9}  {final:>7}  {r.running:>3}  {r.failed:>4}  {best}")
     total = f"{sum(r.finished for r in rows)}/{sum(r.budget for r in rows)}"
-    lines.append(f"{'total':<{width}}  {total:>9}  {sum(r.running for r in rows):>3}  {sum(r.failed for r in rows):>4}")
+    finals = f"{sum(r.final for r in rows)}/{sum(r.final_budget for r in rows)}"
+    running, failed = sum(r.running for r in rows), sum(r.failed for r in rows)
+    lines.append(f"{'total':<{width}}  {total:>9}  {finals:>7}  {running:>3}  {failed:>4}")
     return "\n".join(lines)

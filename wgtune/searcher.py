@@ -43,12 +43,16 @@ class CellPlan:
     n_startup: int = 5
     observations: tuple[tuple[dict[str, Any], float], ...] = ()
     first_points: tuple[dict[str, Any], ...] = ()
+    final_seeds: int = 0
+    """Re-trainings of the chosen config to run once the search is spent (the final phase)."""
+    final_offset: int = 0
+    """Final seeds finished in earlier launches: seed numbering continues after them."""
 
     def __post_init__(self) -> None:
         if not self.cell:
             raise ValueError("CellPlan.cell must be a non-empty id")
-        if self.budget < 0 or self.n_startup < 0:
-            raise ValueError(f"cell {self.cell!r}: budget and n_startup must be >= 0")
+        if min(self.budget, self.n_startup, self.final_seeds, self.final_offset) < 0:
+            raise ValueError(f"cell {self.cell!r}: budget, n_startup and final seeds must be >= 0")
         if not self.space:
             raise ValueError(f"cell {self.cell!r}: empty search space")
 
@@ -79,6 +83,8 @@ class _Cell:
             tpe.suggest, n_startup_jobs=plan.n_startup, verbose=False
         )
         self.rng = np.random.default_rng(plan.seed)
+        self.finals: dict[str, int] = {}  # ray trial id -> final seed, for the final phase
+        self.finals_running: set[str] = set()
         self.trials = Trials()
         self._check_points()
         docs = [self._doc(tid, vals) for tid, (vals, _) in enumerate(plan.observations)]
@@ -149,6 +155,34 @@ class _Cell:
         losses = [r["loss"] for r in self.trials.results if r.get("status") == STATUS_OK]
         return min(losses) if losses else None
 
+    @property
+    def work_started(self) -> int:
+        return self.started + len(self.finals)
+
+    def final_ready(self) -> bool:
+        """The search is spent and settled, a config was found, and final seeds remain."""
+        searched = self.started >= self.plan.budget and not self.running
+        return searched and len(self.finals) < self.plan.final_seeds and self.best_loss() is not None
+
+    def has_work(self) -> bool:
+        """Trials still to start in this experiment (some may wait for the search to settle)."""
+        if self.started < self.plan.budget:
+            return True
+        if len(self.finals) >= self.plan.final_seeds:
+            return False
+        return bool(self.running) or self.best_loss() is not None
+
+    def propose_final(self, trial_id: str) -> dict[str, Any]:
+        """The chosen config (best metric over every finished search trial, history included)
+        on the next fresh seed, derived from the cell's seed."""
+        best = min((d for d in self.trials.trials if d["result"].get("status") == STATUS_OK),
+                   key=lambda d: d["result"]["loss"])
+        index = self.plan.final_offset + len(self.finals)
+        seed = (self.plan.seed + 1_000_003 * (index + 1)) % 2**31
+        self.finals[trial_id] = seed
+        self.finals_running.add(trial_id)
+        return {"params": self.params(best["misc"]), "seed": seed}
+
 
 def _result(loss: float | None, why: str) -> dict[str, Any]:
     # A failed doc must carry no "loss": hyperopt 0.3.0's tpe.suggest reads result["loss"]
@@ -182,12 +216,14 @@ class CellRouter(Searcher):
         self._index()
 
     def _index(self) -> None:
-        self._trial_cell = {
+        self._trial_cell: dict[str, tuple[str, int | None]] = {
             doc["misc"]["ray_trial_id"]: (name, doc["tid"])
             for name, cell in self._cells.items()
             for doc in cell.trials.trials
             if "ray_trial_id" in doc["misc"]
         }
+        for name, cell in self._cells.items():
+            self._trial_cell.update({trial_id: (name, None) for trial_id in cell.finals})
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict, **spec: Any
@@ -200,15 +236,25 @@ class CellRouter(Searcher):
         return False
 
     def suggest(self, trial_id: str) -> dict | None | str:
-        """Next trial for the open cell with the fewest started trials; FINISHED when all are spent."""
-        open_cells = [c for c in self._cells.values() if c.started < c.plan.budget]
-        if not open_cells:
+        """Next trial for the cell with the fewest started trials that has one to give now:
+        a search trial, or, once its search is spent and settled, a final-seed trial.
+        FINISHED when every cell's work is started; None while some wait."""
+        busy = [c for c in self._cells.values() if c.has_work()]
+        if not busy:
             return Searcher.FINISHED
         cap = self.max_running_per_cell
-        ready = [c for c in open_cells if cap is None or len(c.running) < cap]
+        ready = [
+            c for c in busy
+            if (c.started < c.plan.budget and (cap is None or len(c.running) < cap)) or c.final_ready()
+        ]
         if not ready:
             return None
-        cell = min(ready, key=lambda c: c.started)  # min keeps the first: plan order on ties
+        cell = min(ready, key=lambda c: c.work_started)  # min keeps the first: plan order on ties
+        if cell.started >= cell.plan.budget:
+            final = cell.propose_final(trial_id)
+            self._trial_cell[trial_id] = (cell.plan.cell, None)
+            return {"cell": cell.plan.cell, "params": final["params"], "proposal": "final",
+                    "phase": "final", "seed": final["seed"]}
         doc, proposal = cell.propose(trial_id)
         self._trial_cell[trial_id] = (cell.plan.cell, doc["tid"])
         return {"cell": cell.plan.cell, "params": cell.params(doc["misc"]), "proposal": proposal}
@@ -222,6 +268,9 @@ class CellRouter(Searcher):
             return
         name, tid = self._trial_cell[trial_id]
         cell = self._cells[name]
+        if tid is None:  # a final-seed trial: it evaluates the chosen config, it informs no TPE
+            cell.finals_running.discard(trial_id)
+            return
         doc = cell.by_tid[tid]
         value = None if error or not result else result.get(self._metric)
         if error:
@@ -258,6 +307,8 @@ class CellRouter(Searcher):
                 "failed": sum(d["result"].get("status") == STATUS_FAIL for d in done),
                 "running": len(cell.running),
                 "budget": cell.plan.budget,
+                "final_started": len(cell.finals),
+                "final_running": len(cell.finals_running),
                 "observed": len(cell.plan.observations),
                 "best": None if best is None else (-best if self._mode == "max" else best),
             }
@@ -272,6 +323,8 @@ class CellRouter(Searcher):
                     "docs": copy.deepcopy(cell.trials.trials),
                     "rng": cell.rng.bit_generator.state,
                     "budget": cell.plan.budget,
+                    "finals": dict(cell.finals),
+                    "finals_running": sorted(cell.finals_running),
                 }
                 for name, cell in self._cells.items()
             },
@@ -295,6 +348,8 @@ class CellRouter(Searcher):
         for name, cell in self._cells.items():
             cell.load(saved[name]["docs"])
             cell.rng.bit_generator.state = saved[name]["rng"]
+            cell.finals = dict(saved[name].get("finals", {}))
+            cell.finals_running = set(saved[name].get("finals_running", ()))
         self._index()
 
     def save(self, checkpoint_path: str) -> None:

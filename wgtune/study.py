@@ -57,9 +57,9 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
             print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
         cells = prepare(grid, tracker)
         for planned in cells:
-            if planned.remaining > 0 and planned.priors is not None:
+            if planned.has_work and planned.priors is not None:
                 tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
-        todo = [c for c in cells if c.remaining > 0]
+        todo = [c for c in cells if c.has_work]
         print_line(_headline(grid, cells, uri, study_dir))
         if todo:
             search = grid.spec.search
@@ -157,7 +157,7 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[Pl
     With `register`, each cell's parent run is created (or reopened) in the store.
     """
     summaries = tracker.cell_summaries()
-    cells = plan_cells(grid, {cell: s.finished for cell, s in summaries.items()})
+    cells = plan_cells(grid, summaries)
     infos = {c.cell.id: cell_info(c) for c in cells}
     n_params = {cell_id: info.n_params for cell_id, info in infos.items()}
     peers = [c.cell for c in cells]
@@ -206,6 +206,23 @@ def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTrack
         yield tracker
 
 
+def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None) -> list[Path]:
+    """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report)
+    and logged on the study-level run "<study> · report". A partial study marks missing cells."""
+    from wgtune.report import CellRow, build_report
+    from wgtune.report_figures import write_figures
+    from wgtune.report_tables import write_tables
+
+    folder = out or grid.study_dir / "report"
+    with _existing_study(grid, tracking_uri) as tracker:
+        cells = [CellRow.from_tags(tags) for tags in tracker.cell_tags().values()]
+        built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()])
+        folder.mkdir(parents=True, exist_ok=True)
+        files = write_tables(built, folder) + write_figures(built, folder)
+        tracker.log_study_files(f"{grid.spec.study} · report", files, "report")
+    return files
+
+
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
     """One progress row per cell of the grid, counted from the tracking store."""
     summaries = tracker.cell_summaries()
@@ -215,6 +232,8 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
         rows[cell.id] = CellProgress(
             cell.label,
             grid.spec.search.num_samples,
+            final_budget=grid.spec.final_seeds,
+            final=s.final_finished if s else 0,
             finished=s.finished if s else 0,
             running=s.running if s else 0,
             failed=s.failed if s else 0,
@@ -233,7 +252,7 @@ def describe(grid: Grid, tracking_uri: str | None = None) -> str:
         _headline(grid, cells, uri, study_dir),
         f"per cell: {search.num_samples} trials of {grid.spec.epochs} epochs, TPE after {search.n_startup} random; "
         f"{search.max_concurrent} trials at once in the study; scheduler {search.scheduler}; "
-        f"retries {search.max_failures}",
+        f"retries {search.max_failures}; then the chosen config on {grid.spec.final_seeds} final seeds",
     ]
     for planned in cells:
         r = planned.resources
@@ -267,7 +286,9 @@ def cell_info(planned: PlannedCell) -> CellInfo:
 
 def _headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:
     remaining = sum(c.remaining for c in cells)
+    finals = sum(c.final_remaining for c in cells)
     return (
-        f"study {grid.spec.study}: {len(cells)} cells, {remaining} trials to run; "
+        f"study {grid.spec.study}: {len(cells)} cells, {remaining} search trials and {finals} final-seed "
+        f"trials to run; "
         f"results in {study_dir} (MLflow: {redact(uri)})"
     )

@@ -20,6 +20,7 @@ import functools
 import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
 from wgtune.errors import UserError
@@ -158,6 +159,32 @@ class StudyTracker:
         text = json.dumps(data, indent=2, sort_keys=True, default=str)
         self._writer.add(Write("text", parent_id, (artifact_file, text)))
 
+    def cell_tags(self) -> dict[str, dict[str, str]]:
+        """Every cell's parent-run tags (dataset, model, parameter count, ...), by cell id."""
+        self.flush()
+        parents = self._call(lambda c: self._search(c, f"tags.`{KIND_TAG}` = 'cell'",
+                                                    order_by=["attributes.start_time ASC"]))
+        tags: dict[str, dict[str, str]] = {}
+        for run in parents:
+            tags.setdefault(run.data.tags.get(CELL_TAG, ""), dict(run.data.tags))
+        return tags
+
+    def log_study_files(self, run_name: str, files: Iterable[Path], folder: str) -> str:
+        """Log files as artifacts of the study-level run `run_name` (made once, then reused)."""
+        files = list(files)
+
+        def log(client: MlflowClient) -> str:
+            found = self._search(client, f"tags.`{KIND_TAG}` = 'study' and tags.`mlflow.runName` = {_literal(run_name)}")
+            run_id = found[0].info.run_id if found else client.create_run(
+                self.experiment_id, tags={KIND_TAG: "study"}, run_name=run_name).info.run_id
+            for path in files:
+                client.log_artifact(run_id, str(path), folder)
+            client.set_terminated(run_id, "FINISHED")
+            return run_id
+
+        self.flush()
+        return self._call(log)
+
     # -- trials -----------------------------------------------------------------------------
 
     def start_trial(self, cell_id: str, trial_id: str, params: Mapping[str, Any], proposal: str,
@@ -260,7 +287,8 @@ class StudyTracker:
         return [trial_record(run) for run in runs]
 
     def cell_summaries(self, metric: str = OBJECTIVE_METRIC, mode: str = "max") -> dict[str, CellSummary]:
-        """Per cell: trial counts by status, the best finished trial by `metric`, every finished trial's params."""
+        """Per cell: search-trial counts by status, the best finished search trial by `metric`, every
+        finished search trial's params, and how many final seeds finished."""
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
         trials = self.trial_runs()
@@ -274,7 +302,8 @@ class StudyTracker:
             by_cell.setdefault(trial.cell_id, []).append(trial)
         sign = 1.0 if mode == "max" else -1.0
         summaries = {}
-        for cell_id, records in by_cell.items():
+        for cell_id, every in by_cell.items():
+            records = [t for t in every if t.phase != "final"]
             finished = [t for t in records if t.status == "FINISHED"]
             observations = tuple(Observation(t.run_id, t.trial_id, t.params, t.metrics.get(metric))
                                  for t in finished)
@@ -286,7 +315,8 @@ class StudyTracker:
                 running=sum(t.status == "RUNNING" for t in records),
                 killed=sum(t.status == "KILLED" for t in records),
                 best_value=best.value if best else None, best_run_id=best.run_id if best else None,
-                observations=observations)
+                observations=observations,
+                final_finished=sum(t.phase == "final" and t.status == "FINISHED" for t in every))
         return summaries
 
     # -- the writer -------------------------------------------------------------------------

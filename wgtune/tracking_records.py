@@ -89,7 +89,8 @@ class Observation:
 
 @dataclass(frozen=True)
 class CellSummary:
-    """A cell's progress and best result, read from MLflow."""
+    """A cell's progress and best result, read from MLflow. Counts, best and observations are
+    of its search trials; final-seed re-trainings of the chosen config are counted apart."""
 
     cell_id: str
     parent_run_id: str | None
@@ -100,6 +101,7 @@ class CellSummary:
     best_value: float | None = None
     best_run_id: str | None = None
     observations: tuple[Observation, ...] = ()
+    final_finished: int = 0
 
 
 def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:

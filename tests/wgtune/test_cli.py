@@ -18,6 +18,7 @@ datasets: [spurious_digits]
 models: {resnet: [10x0.25]}
 objectives: [erm]
 epochs: 1
+final_seeds: 0
 """
 
 

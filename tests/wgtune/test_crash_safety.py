@@ -24,6 +24,7 @@ datasets: [spurious_digits]
 models: {{resnet: [10x0.25]}}
 objectives: [erm, groupdro]
 epochs: 4
+final_seeds: 0
 search: {{num_samples: {BUDGET}, max_concurrent: 2, n_startup: 2}}
 resources: {{cpu: 1}}
 train: {{image_size: 16}}

@@ -59,8 +59,46 @@ def test_running_cap_returns_none_then_resumes() -> None:
     # Every budget slot is started: FINISHED although trials still run.
     assert router.suggest("t6") == FINISHED
     assert router.progress()["a"] == {
-        "started": 2, "finished": 1, "failed": 0, "running": 1, "budget": 2, "observed": 0, "best": 1.0,
+        "started": 2, "finished": 1, "failed": 0, "running": 1, "budget": 2, "final_started": 0,
+        "final_running": 0, "observed": 0, "best": 1.0,
     }
+
+
+def test_final_seeds_retrain_the_best_config_once_the_cells_search_has_settled() -> None:
+    history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)  # the best so far comes from history
+    router = CellRouter([CellPlan("a", _space(), 2, 1, observations=history, final_seeds=2, final_offset=1)],
+                        metric="score")
+    first, second = router.suggest("s0"), router.suggest("s1")
+    assert {first["proposal"], second["proposal"]} <= {"random", "tpe"}
+    assert router.suggest("f0") is None, "the search has trials running: no final yet"
+    router.on_trial_complete("s0", {"score": 0.5})
+    assert router.suggest("f0") is None
+    router.on_trial_complete("s1", {"score": 0.95})
+
+    finals = [router.suggest("f0"), router.suggest("f1")]
+
+    assert [f["proposal"] for f in finals] == ["final", "final"] and all(f["phase"] == "final" for f in finals)
+    assert all(f["params"] == second["params"] for f in finals), "the chosen config: best score"
+    assert len({f["seed"] for f in finals}) == 2
+    assert router.suggest("f2") == FINISHED
+    docs_before = len(router.hyperopt_trials("a").trials)
+    router.on_trial_complete("f0", {"score": 0.1})
+    assert len(router.hyperopt_trials("a").trials) == docs_before, "final seeds inform no TPE"
+    restored = CellRouter([CellPlan("a", _space(), 2, 1, observations=history, final_seeds=2, final_offset=1)],
+                          metric="score")
+    restored.set_state(router.get_state())
+    assert restored.cell_of("f1") == "a" and restored.suggest("f3") == FINISHED
+
+
+def test_final_seeds_continue_the_numbering_of_earlier_launches() -> None:
+    history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
+    earlier = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=3)], metric="score")
+    later = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=1, final_offset=2)],
+                       metric="score")
+
+    seeds = [earlier.suggest(f"e{i}")["seed"] for i in range(3)]
+
+    assert later.suggest("l0")["seed"] == seeds[2]
 
 
 def test_proposal_labels_transfer_then_random_then_tpe() -> None:
@@ -223,7 +261,7 @@ def test_invalid_inputs_are_rejected() -> None:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Any:
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -20,6 +20,7 @@ datasets: [spurious_digits]
 models: {{resnet: [{sizes}]}}
 objectives: [erm, groupdro]
 epochs: 2
+final_seeds: 0
 search: {{num_samples: {n}, max_concurrent: 2, n_startup: 2}}
 resources: {{cpu: 1}}
 train: {{image_size: 16}}
@@ -31,7 +32,7 @@ priors: {{transfer: neighbours, narrow: box, top_k: 2}}
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -125,3 +126,40 @@ def _space_of(grid, cell):
     from wgtune.spaces import load_space
 
     return load_space(cell.objective, grid.space_overrides(cell))
+
+
+def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp_path, ray_local):
+    import pandas as pd
+    from statistics import mean, stdev
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(GRID.format(sizes="10x0.25", n=2)).replace("final_seeds: 0", "final_seeds: 2"))
+    grid = load_grid(path)
+    launch(grid, LaunchOptions(progress_every_s=3600), lambda _: None)
+
+    from wgtune.study import report
+
+    files = report(grid)
+    client, _, _, children = runs_of(path)
+    table = pd.read_csv(next(f for f in files if f.name == "cells.csv"))
+    for cell in grid.cells():
+        runs = [r for r in children if r.data.tags["wgtune.cell"] == cell.id]
+        search = [r for r in runs if r.data.tags["wgtune.phase"] == "search"]
+        final = [r for r in runs if r.data.tags["wgtune.phase"] == "final"]
+        assert len(search) == 2 and len(final) == 2
+        # The selection rule: best validation worst-group accuracy, the earliest trial on ties.
+        chosen = max(sorted(search, key=lambda r: r.info.start_time), key=lambda r: r.data.metrics["best/val_worst_acc"])
+        for run in final:
+            assert run.data.tags["wgtune.proposal"] == "final"
+            assert {k: v for k, v in run.data.params.items() if k != "seed"} == chosen.data.params
+        assert len({r.data.params["seed"] for r in final}) == 2
+        row = table[(table["model"] == cell.model) & (table["objective"] == cell.objective)].iloc[0]
+        worst = [r.data.metrics["best/test_worst_acc"] for r in final]
+        assert row["n_seeds"] == 2
+        assert row["test_worst_mean"] == pytest.approx(mean(worst))
+        assert row["test_worst_std"] == pytest.approx(stdev(worst))
+    assert {f.suffix for f in files} >= {".csv", ".md", ".png", ".svg"}
+    study_runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
+                                    "tags.`wgtune.kind` = 'study'")
+    logged = [a.path for a in client.list_artifacts(study_runs[0].info.run_id, "report")]
+    assert "report/cells.md" in logged and "report/accuracy_vs_size.png" in logged
