@@ -47,11 +47,14 @@ class _LazyEpilogParser(argparse.ArgumentParser):
 def _commands() -> dict[str, Command]:
     from wgtune.commands.launch import LaunchCommand
     from wgtune.commands.priors import PriorsCommand
+    from wgtune.commands.report import ReportCommand
+    from wgtune.commands.server import ServerCommand
     from wgtune.commands.status import StatusCommand
     from wgtune.commands.train import TrainCommand
     from wgtune.commands.ui import UICommand
 
-    commands = (LaunchCommand(), StatusCommand(), PriorsCommand(), UICommand(), TrainCommand())
+    commands = (LaunchCommand(), StatusCommand(), ReportCommand(), PriorsCommand(), UICommand(), ServerCommand(),
+                TrainCommand())
     return {command.name: command for command in commands}
 
 

@@ -1,0 +1,26 @@
+"""`wgtune report --grid FILE [--out DIR]`: the study as tables and curves over model size."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wgtune.cli import Command
+from wgtune.commands.launch import add_study_arguments
+
+
+class ReportCommand(Command):
+    name = "report"
+    help = "Write per-cell tables (CSV, Markdown) and worst-group-vs-size figures from MLflow."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_study_arguments(parser)
+        parser.add_argument("--out", type=Path, default=None, help="folder for the report (default: <study_dir>/report)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from wgtune.grid import load_grid
+        from wgtune.study import report
+
+        files = report(load_grid(args.grid), args.out, args.tracking_uri)
+        print("\n".join(str(path) for path in files))
+        return 0
