@@ -146,6 +146,11 @@ def _init_ray(address: str | None) -> None:
     # still prints boxes), and per-epoch checkpoints of short trials make Tune warn on every one.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow is the study's record; Tune's own CSV/JSON/TensorBoard files per trial cost the
+    # driver ~19 ms of CPU per trial (measured, bench/orchestration_overhead.py) and nobody
+    # reads them. Restore uses Tune's experiment state and checkpoints, which stay.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
