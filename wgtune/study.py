@@ -95,7 +95,11 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
         final = status_rows(grid, tracker)
     finally:
         tracker.close()
-    print_line(f"browse the trials: wgtune ui --grid {grid.path}   (MLflow store: {redact(uri)})")
+    print_line(
+        f"next: wgtune status --grid {grid.path}   (progress per cell)\n"
+        f"      wgtune report --grid {grid.path}   (tables and curves over model size)\n"
+        f"      wgtune ui --grid {grid.path}       (browse every trial in the MLflow UI; store: {redact(uri)})"
+    )
     return final
 
 
