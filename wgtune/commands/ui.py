@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -42,7 +43,10 @@ class UICommand(Command):
         command = ui_command(uri, args.host, args.port)
         print(f"MLflow UI for study {grid.spec.study}: http://{_url_host(args.host)}:{args.port}  (Ctrl-C stops it)",
               flush=True)
-        return subprocess.call(command)
+        # MLflow's UI fetches a telemetry config from the internet at start; studies often run where
+        # there is none, and nobody asked for it. A user who wants it sets the variable to false.
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+        return subprocess.call(command, env=env)
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:
