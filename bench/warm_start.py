@@ -72,7 +72,6 @@ import datetime as dt
 import hashlib
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -84,6 +83,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script by `python -m bench`
+
+from hyperopt import __version__ as HYPEROPT_VERSION  # noqa: E402
+
+from bench.machine import machine  # noqa: E402
 
 from wgtune.grid import Cell, PriorSettings  # noqa: E402
 from wgtune.priors import CellPriors, cell_priors  # noqa: E402
@@ -318,21 +321,6 @@ def ratio_interval(base: list[int], other: list[int], rng: np.random.Generator) 
     return float(lo), float(hi)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from hyperopt import __version__ as hyperopt_version
-
-    return (f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, hyperopt {hyperopt_version}")
-
-
 def prior_mass(model: str, best: float, eps: float, space: SearchSpace, n: int = 100_000) -> float:
     """Monte-Carlo fraction of the search space's prior (what random search draws from) within ε."""
     rng = np.random.default_rng(seed("mass", model))
@@ -384,7 +372,7 @@ def report(config: Config, reps: list[Rep], bests: dict[str, float], best_params
         f"{best_params[LARGER]['lr']:.3g}), its neighbours {SMALLER} and {TARGET}, both smaller; its baseline "
         f"is (e0).",
         "",
-        f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {machine()}; total run {wall:.0f} s "
+        f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {machine('hyperopt ' + HYPEROPT_VERSION)}; total run {wall:.0f} s "
         f"({jobs} worker processes; {statistics.median(r.seconds for r in reps):.1f} s per repetition, median).",
         "",
         "| strategy | median trials to ε | IQR (25–75%) | mean | censored | speed-up vs baseline [90% CI] "
