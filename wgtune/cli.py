@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # MLflow announces every schema migration of a new store at INFO (it configures its logger
     # on import, from this variable); users need warnings only.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Over HTTP MLflow prints "View run ..." / "View experiment ..." on stdout for every run it
+    # ends: two lines per trial in launch's progress view, and noise in report's file list.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
