@@ -26,6 +26,7 @@ BENCHMARKS = (
     "orchestration_overhead",
     "tracking_overhead",
     "warm_start",
+    "occupancy",
 )
 
 
