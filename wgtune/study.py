@@ -44,51 +44,30 @@ class LaunchOptions:
 
 def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print) -> dict[str, CellProgress]:
     """Run every cell's remaining budget; finished trials in MLflow count, so a re-launch resumes."""
-    from wgtune.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
-
     check_data(grid)
     uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
     check_tracking(uri)
     study_dir = expand_study_dir(grid)
     tracker = StudyTracker(uri, grid.spec.study, artifact_root(study_dir) if is_local_store(uri) else None)
     try:
-        closed = tracker.close_orphans()
-        if closed:
-            print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
-        cells = prepare(grid, tracker)
-        for planned in cells:
-            if planned.has_work and planned.priors is not None:
-                tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
-        todo = [c for c in cells if c.has_work]
+        cells = _plan_launch(grid, tracker, print_line)
         print_line(_headline(grid, cells, uri, study_dir))
-        if todo:
-            search = grid.spec.search
+        if any(c.has_work for c in cells):
             experiment = Experiment(grid)
-            restore = experiment.restore
             print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
-                       "continue from their last epoch" if restore else
+                       "continue from their last epoch" if experiment.restore else
                        f"new Ray experiment, warm-started from MLflow "
                        f"({sum(len(c.priors.observations) for c in cells if c.priors)} finished trials as observations)")
-            experiment.begin()
-            run_experiment(
-                cells,
-                tracker,
-                RunSettings(
-                    storage=experiment.storage,
-                    name=experiment.name,
-                    restore=restore,
-                    max_concurrent=search.max_concurrent,
-                    scheduler=search.scheduler,
-                    grace_period=search.grace_period,
-                    max_failures=search.max_failures,
-                    epochs=grid.spec.epochs,
-                    n_startup=search.n_startup,
-                    address=options.address,
-                    progress_every_s=options.progress_every_s,
-                ),
-                print_line,
-            )
-            experiment.complete()
+            _run(grid, cells, tracker, experiment, options, print_line)
+            if experiment.restore:
+                # MLflow is the truth: whatever a restored experiment could not bring back (a trial
+                # Tune's last snapshot missed) runs now in a new experiment, warm-started from MLflow.
+                cells = _plan_launch(grid, tracker, print_line)
+                missing = sum(c.remaining + c.final_remaining for c in cells)
+                if missing:
+                    print_line(f"{missing} trial(s) not recovered by the restored experiment: running them in a "
+                               "new experiment, warm-started from MLflow")
+                    _run(grid, cells, tracker, Experiment(grid), options, print_line)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
         tracker.flush()
@@ -142,6 +121,46 @@ class Experiment:
     def _mark(self, complete: bool) -> None:
         record = {"fingerprint": self.fingerprint, "name": self.name, "storage": self.storage, "complete": complete}
         self.marker.write_text(json.dumps(record, indent=2))
+
+
+def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[PlannedCell]:
+    """Close what a dead driver left RUNNING, then plan every cell from MLflow and record its priors."""
+    closed = tracker.close_orphans()
+    if closed:
+        print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
+    cells = prepare(grid, tracker)
+    for planned in cells:
+        if planned.has_work and planned.priors is not None:
+            tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
+    return cells
+
+
+def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment: Experiment,
+         options: LaunchOptions, print_line: Print) -> None:
+    """Run (or restore) `experiment` until every cell's remaining work is done; record its completion."""
+    from wgtune.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
+
+    search = grid.spec.search
+    experiment.begin()
+    run_experiment(
+        cells,
+        tracker,
+        RunSettings(
+            storage=experiment.storage,
+            name=experiment.name,
+            restore=experiment.restore,
+            max_concurrent=search.max_concurrent,
+            scheduler=search.scheduler,
+            grace_period=search.grace_period,
+            max_failures=search.max_failures,
+            epochs=grid.spec.epochs,
+            n_startup=search.n_startup,
+            address=options.address,
+            progress_every_s=options.progress_every_s,
+        ),
+        print_line,
+    )
+    experiment.complete()
 
 
 def check_data(grid: Grid) -> None:
