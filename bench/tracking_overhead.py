@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
 import shutil
 import statistics
 import sys

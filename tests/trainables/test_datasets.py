@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 from tests.trainables.wilds_layouts import (
     CELEBA_COUNTS,
     CELEBA_GROUPS,
-    SPLITS,
     WATERBIRDS_COUNTS,
     WATERBIRDS_GROUPS,
     Layout,
