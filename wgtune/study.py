@@ -44,6 +44,7 @@ class LaunchOptions:
 
 def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print) -> dict[str, CellProgress]:
     """Run every cell's remaining budget; finished trials in MLflow count, so a re-launch resumes."""
+    plan_cells(grid)  # every cell's search space is valid, before anything is created
     check_data(grid)
     uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
     check_tracking(uri)

@@ -76,6 +76,8 @@ def test_dry_run_prints_cells_spaces_budgets_and_starts_nothing(tmp_path):
         (GRID.replace("[erm]", "[erm, dro]"), "objectives: unknown objective 'dro'"),
         (GRID.replace("[spurious_digits]", "[waterbirds]") + "data_root: data\n",
          "data_root: dataset 'waterbirds' not found"),
+        (GRID + "search_space: {all: {lr: {loguniform: [0.1, 0.01]}}}\n",
+         "grid.yaml: search_space: 'lr': loguniform needs low < high"),
     ],
 )
 def test_bad_input_is_one_message_a_non_zero_exit_and_nothing_started(tmp_path, grid, message):
