@@ -64,13 +64,7 @@ def run_experiment(
     `trial_fn(config, cells)` replaces the training trial (benchmarks of the orchestration use a no-op).
     """
     by_id = {c.cell.id: c for c in cells}
-    # Largest resource requests first: the router breaks ties in plan order, and Ray keeps no
-    # freed capacity for a big request that does not fit yet, so big trials queued behind small
-    # ones starve until the small cells run dry (GPU occupancy 0.66-0.75 vs 0.91, bench/occupancy.py).
-    biggest_first = sorted(cells, key=lambda c: (-c.resources.gpu, -c.resources.cpu))
-    plans = [_search_plan(c, settings.n_startup) for c in biggest_first if c.has_work]
     _init_ray(settings.address)
-    router = CellRouter(plans, metric=OBJECTIVE_METRIC, mode="max")
     progress = {
         c.cell.id: CellProgress(c.cell.label, c.budget, finished=c.finished, final=c.final_finished,
                                 final_budget=c.final_seeds)
@@ -85,10 +79,9 @@ def run_experiment(
     if settings.restore:
         # The experiment's own searcher, scheduler and callbacks come back from its state;
         # trials that were running continue from their last epoch checkpoint.
-        tuner = tune.Tuner.restore(_join(settings.storage, settings.name), trainable,
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(key, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = _new_tuner(trainable, router, sum(p.budget + p.final_seeds for p in plans), settings, key)
+        tuner = _new_tuner(trainable, cells, settings, key)
     try:
         tuner.fit()
     finally:
@@ -106,13 +99,20 @@ def _join(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
 
-def _new_tuner(trainable: Any, router: CellRouter, trials: int, settings: RunSettings, key: str) -> tune.Tuner:
+def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, key: str) -> tune.Tuner:
+    """A new experiment over the cells' remaining work, one TPE per cell behind the router."""
+    # Largest resource requests first: the router breaks ties in plan order, and Ray keeps no
+    # freed capacity for a big request that does not fit yet, so big trials queued behind small
+    # ones starve until the small cells run dry (GPU occupancy 0.66-0.75 vs 0.91, bench/occupancy.py).
+    biggest_first = sorted(cells, key=lambda c: (-c.resources.gpu, -c.resources.cpu))
+    plans = [_search_plan(c, settings.n_startup) for c in biggest_first if c.has_work]
+    router = CellRouter(plans, metric=OBJECTIVE_METRIC, mode="max")
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(router, max_concurrent=settings.max_concurrent),
             scheduler=_scheduler(settings),
-            num_samples=trials,
+            num_samples=sum(p.budget + p.final_seeds for p in plans),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -129,18 +129,16 @@ def _new_tuner(trainable: Any, router: CellRouter, trials: int, settings: RunSet
 def _search_plan(cell: PlannedCell, n_startup: int) -> CellPlan:
     """The router's view of a cell: its (possibly narrowed) space, remaining budget and priors."""
     priors = cell.priors
-    finals = {"final_seeds": cell.final_remaining, "final_offset": cell.final_finished}
-    if priors is None:
-        return CellPlan(cell.cell.id, cell.space.to_hyperopt(), cell.remaining, cell.seed, n_startup, **finals)
     return CellPlan(
         cell.cell.id,
-        priors.space.to_hyperopt(),
+        (priors.space if priors else cell.space).to_hyperopt(),
         cell.remaining,
         cell.seed,
         n_startup,
-        observations=priors.observations,
-        first_points=priors.first_points,
-        **finals,
+        observations=priors.observations if priors else (),
+        first_points=priors.first_points if priors else (),
+        final_seeds=cell.final_remaining,
+        final_offset=cell.final_finished,
     )
 
 
@@ -340,16 +338,16 @@ class _ProgressCallback(_SessionCallback):
         value = result.get(OBJECTIVE_METRIC)
         row.record(value)
         shown = f"{value:.3f}" if value is not None else "n/a"
-        self.print_line(f"[{row.finished}/{row.budget}] {row.label}: trial {trial.trial_id} "
-                        f"val worst-group {shown} (best {row.best:.3f})" if row.best is not None else
-                        f"[{row.finished}/{row.budget}] {row.label}: trial {trial.trial_id} finished")
+        best = f" (best {row.best:.3f})" if row.best is not None else ""
+        self.print_line(f"[{row.finished}/{row.budget}] {row.label}: trial {trial.trial_id} val worst-group {shown}{best}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         row = self.rows[trial.config["cell"]]
         row.running -= 1
         row.failed += 1
-        first_line = _error_text(trial).strip().splitlines()[-1:] or ["unknown error"]
-        self.print_line(f"[failed] {row.label}: trial {trial.trial_id}: {first_line[0]}")
+        # A traceback's last line is the exception itself.
+        last_line = _error_text(trial).strip().splitlines()[-1:] or ["unknown error"]
+        self.print_line(f"[failed] {row.label}: trial {trial.trial_id}: {last_line[0]}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last_table >= self.session.every_s:
