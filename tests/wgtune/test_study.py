@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -120,6 +121,20 @@ def test_relaunching_counts_mlflow_history_and_runs_only_what_is_new(tmp_path, r
     for cell in new:
         proposals = [r.data.tags["wgtune.proposal"] for r in sorted(per_cell[cell.id], key=lambda r: r.info.start_time)]
         assert proposals[0] == "transfer"
+
+    # `wgtune priors` shows what a next launch would start each cell from, without launching.
+    from wgtune.errors import UserError
+    from wgtune.study import priors_report
+
+    shown = json.loads(priors_report(grid, cell_filter="*/resnet-10x0.5/erm/*"))
+    assert shown["cell"] == "spurious_digits/resnet-10x0.5/erm/scratch"
+    assert shown["observations"] == 3 and len(shown["observed_runs"]) == 3
+    assert shown["transfer"]["neighbours"][0]["cell_id"] == "spurious_digits/resnet-10x0.25/erm/scratch"
+    assert shown["transfer"]["narrowed"] is True
+    with pytest.raises(UserError, match="no cell of .* matches 'nothing'"):
+        priors_report(grid, cell_filter="nothing")
+    _, _, _, after = runs_of(path)
+    assert len(after) == len(children), "priors starts nothing"
 
 
 def _space_of(grid, cell):
