@@ -84,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Over HTTP MLflow prints "View run ..." / "View experiment ..." on stdout for every run it
     # ends: two lines per trial in launch's progress view, and noise in report's file list.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Over HTTP, MLflow's own retries (7, back-off factor 2) would hold the tracking writer for
+    # minutes per write while a server is away; the writer retries in order by itself.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()

@@ -10,6 +10,7 @@ import datetime as dt
 import fnmatch
 import hashlib
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from wgtune.plan import PlannedCell, plan_cells
 from wgtune.priors import cell_priors
 from wgtune.progress import CellProgress, render
 from wgtune.tracking import CellInfo, StudyTracker
+from wgtune.tracking_spool import SPOOL_FOLDER
 from wgtune.tracking_store import (
     artifact_root,
     check_tracking,
@@ -40,6 +42,7 @@ class LaunchOptions:
     tracking_uri: str | None = None
     address: str | None = None
     progress_every_s: float = 30.0
+    store_wait_s: float = 120.0  # at the end, how long a tracking store that is away gets to come back
 
 
 def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print) -> dict[str, CellProgress]:
@@ -49,8 +52,10 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
     uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
     check_tracking(uri)
     study_dir = expand_study_dir(grid)
-    tracker = StudyTracker(uri, grid.spec.study, artifact_root(study_dir) if is_local_store(uri) else None)
+    tracker = StudyTracker(uri, grid.spec.study, artifact_root(study_dir) if is_local_store(uri) else None,
+                           spool_dir=study_dir / SPOOL_FOLDER)
     try:
+        _recover(tracker, print_line)
         cells = _plan_launch(grid, tracker, print_line)
         print_line(_headline(grid, cells, uri, study_dir))
         if any(c.has_work for c in cells):
@@ -71,7 +76,8 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                     _run(grid, cells, tracker, Experiment(grid), options, print_line)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
-        tracker.flush()
+        if not _written(tracker, options.store_wait_s, print_line):
+            raise _unlogged(grid, tracker, uri)
         final = status_rows(grid, tracker)
     finally:
         tracker.close()
@@ -122,6 +128,42 @@ class Experiment:
     def _mark(self, complete: bool) -> None:
         record = {"fingerprint": self.fingerprint, "name": self.name, "storage": self.storage, "complete": complete}
         self.marker.write_text(json.dumps(record, indent=2))
+
+
+def _recover(tracker: StudyTracker, print_line: Print) -> None:
+    """Upload what earlier launches could not (killed, or cut off from the tracking store)."""
+    journals = tracker.recover()
+    if journals:
+        tracker.flush()
+        print_line(f"uploaded the tracking writes of {len(journals)} earlier launch(es) that never reached "
+                   f"the store (from {journals[0].parent})")
+
+
+def _written(tracker: StudyTracker, wait_s: float, print_line: Print) -> bool:
+    """Whether every write reached the store, giving a store that is away `wait_s` to come back."""
+    tracker.flush()
+    if not tracker.pending():
+        return True
+    print_line(f"the tracking store is not answering: waiting up to {wait_s:g} s for it "
+               f"({len(tracker.pending())} writes kept in {tracker.spool_path})")
+    deadline = time.monotonic() + wait_s
+    while True:
+        tracker.retry_pending()
+        tracker.flush()
+        if not tracker.pending():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+def _unlogged(grid: Grid, tracker: StudyTracker, uri: str) -> UserError:
+    """The study trained, but the store is away: say where its results wait and how they get in."""
+    return UserError(
+        f"the study's trials ran, but the MLflow store {redact(uri)} stopped answering "
+        f"({tracker.pending()[0].error}): {len(tracker.pending())} tracking write(s) are kept in "
+        f"{tracker.spool_path}. Nothing is lost: run `wgtune launch --grid {grid.path}` again once the "
+        "store is back, and it uploads them before anything else (finished trials are not re-run).")
 
 
 def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[PlannedCell]:

@@ -4,13 +4,12 @@ The driver is the only writer (DESIGN.md, decision 3). `StudyTracker` makes ever
 call on one background thread (`tracking_writer.StoreWriter`): per-epoch metrics are buffered
 and written in batches across trials, so the Ray driver's event loop never waits on SQLite.
 
-`start_trial` of a new trial is the one write the caller waits for: it needs MLflow's run id,
-which only the store makes (`create_run`; the client cannot choose it). The request jumps ahead
-of buffered writes, so it waits for at most one write in progress plus its own insert: 10-45 ms
-median on a shared 2-core machine whose SQLite commits take 5-20 ms (bench/tracking_overhead.py),
-once per trial; a `log_epoch` costs ~15 µs. Pre-allocating a pool of runs would make it free,
-but each run would get the pool's creation time as its start time (MLflow cannot change it
-later) and a crash would leave spare runs behind; so we do not.
+A trial is known by a *handle* (`trial:<trial_id>`) from `start_trial` on: its run is created
+by a queued write, since MLflow's run ids are made by the store and waiting for one would hold
+Tune's event loop (6-30 ms per trial, bench/tracking_overhead.py) or, while the tracking server
+is away, stop the study. With a spool folder every write is journalled first
+(`tracking_spool`), so writes a dead or cut-off driver never made are uploaded by the next
+launch (`recover`).
 """
 
 from __future__ import annotations
@@ -52,12 +51,15 @@ from wgtune.tracking_store import (
     resolve_tracking_uri,
     sqlite_path,
 )
+from wgtune.tracking_spool import Spool, read_spools
 from wgtune.tracking_writer import (
     MAX_PARAMS_TAGS_PER_BATCH,
     PendingWrite,
     StoreWriter,
     TrackingWriteError,
     Write,
+    is_handle,
+    trial_handle,
 )
 
 if TYPE_CHECKING:
@@ -77,20 +79,21 @@ T = TypeVar("T")
 class _Cell:
     info: CellInfo
     parent_run_id: str
-    trials: dict[str, str] = field(default_factory=dict)  # trial_id -> run id
+    trials: dict[str, str] = field(default_factory=dict)  # trial_id -> run id, or handle while being made
     count: int = 0
 
 
 class StudyTracker:
     """Logs a study to MLflow: get or create its experiment, a parent run per cell, a child run per trial.
 
-    Public methods are thread-safe; only `__init__`, `cell_run`, a new trial's `start_trial`,
-    `close_orphans` and the readers wait for the store. Per-epoch logging never does.
+    Public methods are thread-safe; only `__init__`, `cell_run`, `close_orphans`, `run_id` and
+    the readers wait for the store. Trials (start, epochs, end) never do.
     """
 
     def __init__(self, uri: str, study: str, artifact_location: str | None = None, *,
-                 page_size: int = 1000, flush_interval_s: float = 1.0, call_timeout_s: float = 60.0,
-                 max_attempts: int = 4, backoff_s: float = 0.2) -> None:
+                 spool_dir: Path | None = None, page_size: int = 1000, flush_interval_s: float = 1.0,
+                 call_timeout_s: float = 60.0, max_attempts: int = 4, backoff_s: float = 0.2,
+                 max_backoff_s: float = 10.0) -> None:
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -100,10 +103,11 @@ class StudyTracker:
         db = sqlite_path(uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+        self.spool_dir = spool_dir
         self._writer = StoreWriter(lambda: MlflowClient(tracking_uri=uri), flush_interval_s=flush_interval_s,
-                                   max_attempts=max_attempts, backoff_s=backoff_s)
+                                   max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                   lookup=self._find_trial, spool=Spool(spool_dir) if spool_dir else None)
         self._lock = threading.Lock()
-        self._start_lock = threading.Lock()  # one run per (cell, trial) even if two threads race
         self._cells: dict[str, _Cell] = {}
         self._live: set[str] = set()
         self._last_step: dict[str, int] = {}
@@ -189,46 +193,37 @@ class StudyTracker:
 
     def start_trial(self, cell_id: str, trial_id: str, params: Mapping[str, Any], proposal: str,
                     phase: str = "search") -> str:
-        """The trial's run id: its existing run when resumed (no store call), else a new child run."""
+        """The trial's handle for `log_epoch` / `end_trial`; its run is made (or reopened, for a
+        resumed trial) by a queued write, so this never waits for the store."""
         cell = self._cell(cell_id)
         _literal(trial_id)
-        with self._start_lock:
-            with self._lock:
-                existing = cell.trials.get(trial_id)
-                if existing is not None:
-                    self._live.add(existing)
-            if existing is not None:
-                self._writer.add(Write("status", existing, ("RUNNING",)))
-                return existing
-            info = cell.info
-            tags = {"mlflow.parentRunId": cell.parent_run_id, KIND_TAG: "trial", CELL_TAG: cell_id,
-                    TRIAL_ID_TAG: trial_id, "wgtune.proposal": proposal, "wgtune.phase": phase}
-            name = f"{info.run_name} · trial {cell.count + 1}"
-            start_ms = now_ms()
-            lookup = (f"tags.`{KIND_TAG}` = 'trial' and tags.`{CELL_TAG}` = {_literal(cell_id)} "
-                      f"and tags.`{TRIAL_ID_TAG}` = {_literal(trial_id)}")
-            tried = False
-
-            def create(client: MlflowClient) -> str:
-                nonlocal tried
-                if tried:  # a failed attempt may have created the run after all (a timeout over HTTP)
-                    found = self._search(client, lookup)
-                    if found:
-                        return found[0].info.run_id
-                tried = True
-                return client.create_run(self.experiment_id, start_time=start_ms, tags=tags,
-                                         run_name=name).info.run_id
-
-            run_id = self._call(create)
-            with self._lock:
-                cell.trials[trial_id] = run_id
+        handle = trial_handle(trial_id)
+        with self._lock:
+            existing = cell.trials.get(trial_id)
+            if existing is None:
+                cell.trials[trial_id] = handle
                 cell.count += 1
-                self._live.add(run_id)
+                number = cell.count
+            self._live.add(handle)
+        if existing is not None:
+            if not is_handle(existing):
+                self._writer.known(handle, existing)
+            self._writer.add(Write("status", handle, ("RUNNING",)))
+            return handle
+        tags = {"mlflow.parentRunId": cell.parent_run_id, KIND_TAG: "trial", CELL_TAG: cell_id,
+                TRIAL_ID_TAG: trial_id, "wgtune.proposal": proposal, "wgtune.phase": phase}
+        name = f"{cell.info.run_name} · trial {number}"
+        self._writer.add(Write("create", handle, (self.experiment_id, tuple(sorted(tags.items())), name, now_ms())))
         items = sorted(loggable_params(params).items())
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             chunk = items[start:start + MAX_PARAMS_TAGS_PER_BATCH]
-            self._writer.add(Write("params", run_id, tuple(chunk)))
-        return run_id
+            self._writer.add(Write("params", handle, tuple(chunk)))
+        return handle
+
+    def run_id(self, handle: str) -> str | None:
+        """The MLflow run id of a trial handle, once the queued writes before it are made (None if not)."""
+        self.flush()
+        return self._writer.resolve(handle)
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
         """Buffer one epoch's metrics (non-numbers are skipped); written within `flush_interval_s`."""
@@ -259,8 +254,10 @@ class StudyTracker:
 
     def close_orphans(self, keep: Iterable[str] = ()) -> list[str]:
         """Mark KILLED the trial runs left RUNNING (by a crashed driver) that are not in `keep` nor live here."""
+        self.flush()  # runs being made or reopened are live, not orphans
         with self._lock:
-            spared = set(keep) | self._live
+            live = set(self._live)
+        spared = set(keep) | {self._writer.resolve(h) or h for h in live}
 
         def kill(client: MlflowClient) -> list[str]:
             running = self._search(client, f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'RUNNING'")
@@ -326,12 +323,44 @@ class StudyTracker:
         return self._writer.flush(timeout)
 
     def pending(self) -> list[PendingWrite]:
-        """Writes the store refused after every retry (kept in memory; the seam for a disk spool)."""
+        """Writes waiting for the store to come back (retried by themselves), oldest first."""
         return self._writer.pending()
 
+    def rejected(self) -> list[PendingWrite]:
+        """Writes the store refused for good (bad requests), oldest first."""
+        return self._writer.rejected()
+
     def retry_pending(self) -> int:
-        """Queue the refused writes again; returns how many."""
+        """Retry the waiting writes now rather than after their back-off; returns how many wait."""
         return self._writer.retry_pending()
+
+    @property
+    def spool_path(self) -> Path | None:
+        """This tracker's journal: where writes the store has not taken are kept on disk."""
+        return self._writer.spool_path
+
+    def recover(self) -> list[Path]:
+        """Queue what earlier drivers journalled but never wrote (killed, or cut off from the store),
+        oldest first, ahead of this tracker's own writes; returns the journals taken over.
+
+        Replaying is safe when part of it was written: MLflow keeps one copy of a repeated metric
+        point, a create first looks for the trial's run, and statuses end as they ended then.
+        """
+        if self.spool_dir is None:
+            return []
+        taken = []
+        for unwritten in read_spools(self.spool_dir):
+            for handle, run_id in unwritten.runs.items():
+                self._writer.known(handle, run_id)
+            for write in unwritten.writes:
+                if write.kind == "metrics":
+                    self._writer.add_metrics(write.run_id, [tuple(row) for row in write.payload])
+                else:
+                    self._writer.add(write, replayed=True)
+            # Journalled again by this tracker's own spool, so the old file can go.
+            unwritten.path.unlink(missing_ok=True)
+            taken.append(unwritten.path)
+        return taken
 
     def close(self, timeout: float | None = None) -> None:
         """Write everything queued and stop the writer thread. Idempotent."""
@@ -358,6 +387,14 @@ class StudyTracker:
             raise
         except Exception as err:
             raise TrackingWriteError(f"MLflow store {redact(self.uri)}: {err}") from err
+
+    def _find_trial(self, client: MlflowClient, handle: str) -> str | None:
+        """The run of a trial handle in the store (a resumed trial; a create that may have been made)."""
+        trial_id = handle.split(":", 1)[1]
+        found = client.search_runs([self.experiment_id],
+                                   f"tags.`{KIND_TAG}` = 'trial' and tags.`{TRIAL_ID_TAG}` = {_literal(trial_id)}",
+                                   max_results=1, order_by=["attributes.start_time ASC"])
+        return found[0].info.run_id if found else None
 
     def _search(self, client: MlflowClient, query: str, order_by: list[str] | None = None) -> list[Run]:
         """Every run of the study matching `query`, page after page."""

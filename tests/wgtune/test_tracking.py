@@ -135,6 +135,7 @@ def test_trials_record_params_full_histories_summary_status_and_parent(study_dir
                 tracker.log_epoch(bad, {"train/loss": float("nan"), "note": "not a number"}, step)
         tracker.end_trial(good, "FINISHED", summary={"best/val_worst_acc": 0.71, "best/epoch": 3})
         tracker.end_trial(bad, "FAILED", error=long_error)
+        good, bad = tracker.run_id(good), tracker.run_id(bad)
 
     client = client_for(study_dir)
     run = client.get_run(good)
@@ -169,13 +170,14 @@ def test_trials_record_params_full_histories_summary_status_and_parent(study_dir
 def test_a_known_trial_gets_its_run_back_even_after_a_restart(study_dir: Path) -> None:
     with tracker_for(study_dir) as tracker:
         tracker.cell_run(WATERBIRDS)
-        run_id = tracker.start_trial(WATERBIRDS.cell_id, "t_00001", {"lr": 0.1}, "tpe")
-        assert tracker.start_trial(WATERBIRDS.cell_id, "t_00001", {"lr": 0.1}, "tpe") == run_id
-        tracker.end_trial(run_id, "KILLED")
+        handle = tracker.start_trial(WATERBIRDS.cell_id, "t_00001", {"lr": 0.1}, "tpe")
+        run_id = tracker.run_id(handle)
+        assert tracker.run_id(tracker.start_trial(WATERBIRDS.cell_id, "t_00001", {"lr": 0.1}, "tpe")) == run_id
+        tracker.end_trial(handle, "KILLED")
     with tracker_for(study_dir) as relaunched:
         relaunched.cell_run(WATERBIRDS)
-        assert relaunched.start_trial(WATERBIRDS.cell_id, "t_00001", {"lr": 0.1}, "tpe") == run_id
-        second = relaunched.start_trial(WATERBIRDS.cell_id, "t_00002", {"lr": 0.2}, "tpe")
+        assert relaunched.run_id(relaunched.start_trial(WATERBIRDS.cell_id, "t_00001", {"lr": 0.1}, "tpe")) == run_id
+        second = relaunched.run_id(relaunched.start_trial(WATERBIRDS.cell_id, "t_00002", {"lr": 0.2}, "tpe"))
     client = client_for(study_dir)
     assert client.get_run(run_id).info.status == "RUNNING"
     assert client.get_run(second).info.run_name.endswith("· trial 2")
@@ -185,12 +187,14 @@ def test_a_known_trial_gets_its_run_back_even_after_a_restart(study_dir: Path) -
 def test_close_orphans_kills_running_trials_not_kept(study_dir: Path) -> None:
     with tracker_for(study_dir) as crashed:
         crashed.cell_run(WATERBIRDS)
-        ids = [crashed.start_trial(WATERBIRDS.cell_id, f"t_{i}", {"lr": i}, "tpe") for i in range(4)]
-        crashed.end_trial(ids[3], "FINISHED")
+        handles = [crashed.start_trial(WATERBIRDS.cell_id, f"t_{i}", {"lr": i}, "tpe") for i in range(4)]
+        crashed.end_trial(handles[3], "FINISHED")
+        ids = [crashed.run_id(h) for h in handles]
     with tracker_for(study_dir) as tracker:
         tracker.cell_run(WATERBIRDS)
-        live = tracker.start_trial(WATERBIRDS.cell_id, "t_new", {"lr": 9}, "tpe")
+        live_handle = tracker.start_trial(WATERBIRDS.cell_id, "t_new", {"lr": 9}, "tpe")
         killed = tracker.close_orphans(keep={ids[0]})
+        live = tracker.run_id(live_handle)
     assert sorted(killed) == sorted(ids[1:3])
     status = {run_id: client_for(study_dir).get_run(run_id).info.status for run_id in [*ids, live]}
     assert status == {ids[0]: "RUNNING", ids[1]: "KILLED", ids[2]: "KILLED", ids[3]: "FINISHED",
@@ -207,6 +211,7 @@ def test_threads_may_log_while_the_writer_writes(study_dir: Path) -> None:
             for step in range(5):
                 tracker.log_epoch(run_ids[i], {"val/worst_acc": i + step / 10}, step)
             tracker.end_trial(run_ids[i], "FINISHED")
+            run_ids[i] = tracker.run_id(run_ids[i])
 
         threads = [threading.Thread(target=trial, args=(i,)) for i in range(6)]
         for thread in threads:
@@ -245,10 +250,10 @@ def test_cell_summaries_and_trial_runs_match_what_was_logged(study_dir: Path) ->
                     ("KILLED", None), ("RUNNING", None)]
         ids = {}
         for i, (status, value) in enumerate(outcomes):
-            run_id = tracker.start_trial(WATERBIRDS.cell_id, f"w{i}", {"lr": i / 10}, "tpe")
-            ids[f"w{i}"] = run_id
+            handle = tracker.start_trial(WATERBIRDS.cell_id, f"w{i}", {"lr": i / 10}, "tpe")
+            ids[f"w{i}"] = tracker.run_id(handle)
             if status != "RUNNING":
-                tracker.end_trial(run_id, status, summary={"best/val_worst_acc": value} if value else None,
+                tracker.end_trial(handle, status, summary={"best/val_worst_acc": value} if value else None,
                                   error="boom" if status == "FAILED" else None)
         celeba = tracker.start_trial(CELEBA.cell_id, "c0", {"lr": 0.3}, "transfer")
         tracker.end_trial(celeba, "FINISHED", summary={"best/val_worst_acc": 0.4})
@@ -293,7 +298,7 @@ def test_reading_pages_through_more_runs_than_one_page(study_dir: Path, monkeypa
         assert (summary.finished, summary.best_value, len(summary.observations)) == (45, 44 / 200, 45)
     with tracker_for(study_dir, page_size=20) as relaunched:  # the resume index pages too
         relaunched.cell_run(WATERBIRDS)
-        run_id = relaunched.start_trial(WATERBIRDS.cell_id, "t045", {}, "tpe")
+        run_id = relaunched.run_id(relaunched.start_trial(WATERBIRDS.cell_id, "t045", {}, "tpe"))
     assert client_for(study_dir).get_run(run_id).info.run_name.endswith("· trial 46")
 
 
@@ -336,52 +341,149 @@ def test_log_epoch_does_not_wait_for_a_slow_store(study_dir: Path, monkeypatch: 
             tracker.log_epoch(run_id, {key: step for key in EPOCH_KEYS}, step)
         tracker.end_trial(run_id, "FINISHED")
         assert time.perf_counter() - started < 0.1
+        run_id = tracker.run_id(run_id)
     assert len(client_for(study_dir).get_metric_history(run_id, "lr")) == 20
 
 
-def test_store_errors_are_retried_then_kept_pending_and_never_raised(
+def test_store_errors_are_retried_then_wait_in_order_until_the_store_is_back(
         study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = MlflowClient.log_batch
-    failures = {"left": 2}
+    # A locked or unreachable store cannot be caused on demand inside one call: this double fails
+    # the client's writes while `down` is set.
+    down = {"left": 2}
+    for name in ("log_batch", "set_terminated", "create_run", "update_run"):
+        original = getattr(MlflowClient, name)
 
-    def flaky(self: MlflowClient, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        if failures["left"] > 0:
-            failures["left"] -= 1
-            raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
-        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+        def flaky(self: MlflowClient, *args: object, _original=original, **kwargs: object):  # type: ignore[no-untyped-def]
+            if down["left"] > 0:
+                down["left"] -= 1
+                raise MlflowException("connection refused", error_code="TEMPORARILY_UNAVAILABLE")
+            return _original(self, *args, **kwargs)
 
-    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
-    terminate = MlflowClient.set_terminated
-
-    def flaky_end(self: MlflowClient, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        if failures["left"] > 0:
-            raise MlflowException("connection refused")
-        return terminate(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(MlflowClient, "set_terminated", flaky_end)
-    with tracker_for(study_dir) as tracker:
+        monkeypatch.setattr(MlflowClient, name, flaky)
+    with tracker_for(study_dir, max_backoff_s=0.2) as tracker:
         tracker.cell_run(WATERBIRDS)
-        run_id = tracker.start_trial(WATERBIRDS.cell_id, "t1", {}, "tpe")
-        tracker.log_epoch(run_id, {"val/worst_acc": 0.5}, 0)
+        handle = tracker.start_trial(WATERBIRDS.cell_id, "t1", {}, "tpe")
+        tracker.log_epoch(handle, {"val/worst_acc": 0.5}, 0)
         assert tracker.flush(timeout=10)
-        assert tracker.pending() == [] and failures["left"] == 0  # two failures, third attempt wrote
+        assert tracker.pending() == [] and down["left"] == 0  # two failures, the third attempt wrote
 
-        failures["left"] = 10**6  # the store is down for good
-        tracker.log_epoch(run_id, {"val/worst_acc": 0.6}, 1)
-        tracker.end_trial(run_id, "FINISHED")
+        down["left"] = 10**6  # the store goes away: the study goes on, nothing raises
+        tracker.log_epoch(handle, {"val/worst_acc": 0.6}, 1)
+        tracker.end_trial(handle, "FINISHED")
+        late = tracker.start_trial(WATERBIRDS.cell_id, "t2", {"lr": 0.1}, "tpe")
+        tracker.log_epoch(late, {"val/worst_acc": 0.7}, 0)
+        tracker.end_trial(late, "FINISHED")
         assert tracker.flush(timeout=10)
-        pending = tracker.pending()
-        assert [(p.write.kind, p.write.run_id) for p in pending] == [("metrics", run_id), ("terminate", run_id)]
-        assert pending[0].write.payload[0][:2] == ("val/worst_acc", 0.6) and "connection refused" in pending[1].error
-        json.dumps([dataclasses.asdict(p) for p in pending])  # plain data: a disk spool can keep it
-        assert client_for(study_dir).get_run(run_id).info.status == "RUNNING"
+        waiting = tracker.pending()
+        kinds = {h: [p.write.kind for p in waiting if p.write.run_id == h] for h in (handle, late)}
+        assert kinds == {handle: ["metrics", "terminate"], late: ["create", "metrics", "params", "terminate"]}
+        assert all("connection refused" in p.error for p in waiting)
+        json.dumps([dataclasses.asdict(p) for p in waiting])  # plain data, as the journal keeps it
 
-        failures["left"] = 0  # back: the kept writes go through
-        assert tracker.retry_pending() == len(pending)
-        assert tracker.flush(timeout=10) and tracker.pending() == []
+        down["left"] = 0  # back: the waiting writes go through by themselves, in order
+        deadline = time.monotonic() + 10
+        while tracker.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tracker.pending() == [] and tracker.rejected() == []
+        run_id, late_id = tracker.run_id(handle), tracker.run_id(late)
     client = client_for(study_dir)
     assert [m.value for m in client.get_metric_history(run_id, "val/worst_acc")] == [0.5, 0.6]
     assert client.get_run(run_id).info.status == "FINISHED"
+    late_run = client.get_run(late_id)
+    assert (late_run.info.status, late_run.data.params, late_run.data.tags["wgtune.trial_id"]) == (
+        "FINISHED", {"lr": "0.1"}, "t2")
+
+
+def test_starting_a_trial_does_not_wait_for_the_store(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with tracker_for(study_dir) as tracker:
+        tracker.cell_run(WATERBIRDS)
+        original = MlflowClient.create_run
+
+        def slow(self: MlflowClient, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            time.sleep(0.3)
+            return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(MlflowClient, "create_run", slow)
+        started = time.perf_counter()
+        handles = [tracker.start_trial(WATERBIRDS.cell_id, f"t{i}", {"lr": i}, "tpe") for i in range(5)]
+        assert time.perf_counter() - started < 0.1
+        assert len({tracker.run_id(h) for h in handles}) == 5
+
+
+KILLED_DRIVER = """
+import os, sys
+from pathlib import Path
+from wgtune.tracking import StudyTracker, CellInfo
+cell = CellInfo(*{cell!r})
+tracker = StudyTracker({uri!r}, "sizes", spool_dir=Path({spool!r}), flush_interval_s=3600)
+tracker.cell_run(cell)
+done = tracker.start_trial(cell.cell_id, "done", {{"lr": 0.1}}, "tpe")
+for step in range(3):
+    tracker.log_epoch(done, {{"val/worst_acc": step / 10}}, step)
+tracker.end_trial(done, "FINISHED", summary={{"best/val_worst_acc": 0.2}})
+tracker.flush()  # this trial reached the store
+running = tracker.start_trial(cell.cell_id, "running", {{"lr": 0.2}}, "tpe")
+for step in range(4):
+    tracker.log_epoch(running, {{"val/worst_acc": step / 10}}, step)
+finished = tracker.start_trial(cell.cell_id, "unwritten", {{"lr": 0.3}}, "random")
+for step in range(3):
+    tracker.log_epoch(finished, {{"val/worst_acc": 0.5 + step / 10}}, step)
+tracker.end_trial(finished, "FINISHED", summary={{"best/val_worst_acc": 0.7}})
+sys.stdout.flush()
+os._exit(9)  # killed: no atexit, no flush; the writer thread had not written since the flush
+"""
+
+
+def test_a_killed_driver_loses_no_write_the_next_launch_uploads_them(study_dir: Path) -> None:
+    spool = study_dir / "tracking-spool"
+    uri = resolve_tracking_uri(study_dir, None)
+    script = KILLED_DRIVER.format(cell=dataclasses.astuple(WATERBIRDS), uri=uri, spool=str(spool))
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 9, child.stderr
+    journals = list(spool.glob("*.jsonl"))
+    assert len(journals) == 1
+    client = client_for(study_dir)
+    experiment = client.get_experiment_by_name("sizes")
+    assert [r.data.tags["wgtune.trial_id"] for r in all_runs(client, experiment.experiment_id)
+            if r.data.tags.get("wgtune.kind") == "trial"] == ["done"]  # the rest died with the driver
+
+    with tracker_for(study_dir, spool_dir=spool) as relaunched:
+        assert relaunched.recover() == journals
+        relaunched.cell_run(WATERBIRDS)
+        assert relaunched.close_orphans() == [relaunched.run_id("trial:running")]
+        records = {r.trial_id: r for r in relaunched.trial_runs(WATERBIRDS.cell_id)}
+    assert {t: r.status for t, r in records.items()} == {"done": "FINISHED", "running": "KILLED",
+                                                          "unwritten": "FINISHED"}
+    assert records["unwritten"].metrics["best/val_worst_acc"] == 0.7
+    assert records["unwritten"].params == {"lr": "0.3"}
+    histories = {t: [(m.step, m.value) for m in client.get_metric_history(r.run_id, "val/worst_acc")]
+                 for t, r in records.items()}
+    assert histories == {"done": [(0, 0.0), (1, 0.1), (2, 0.2)],
+                         "running": [(s, s / 10) for s in range(4)],
+                         "unwritten": [(0, 0.5), (1, 0.6), (2, 0.7)]}
+    assert list(spool.glob("*.jsonl")) == [], "a clean close leaves no journal behind"
+
+
+def test_replaying_a_journal_twice_makes_nothing_twice(study_dir: Path) -> None:
+    spool = study_dir / "tracking-spool"
+    with tracker_for(study_dir, spool_dir=spool) as tracker:
+        tracker.cell_run(WATERBIRDS)
+        handle = tracker.start_trial(WATERBIRDS.cell_id, "t1", {"lr": 0.1}, "tpe")
+        for step in range(3):
+            tracker.log_epoch(handle, {"val/worst_acc": step / 10}, step)
+        tracker.end_trial(handle, "FINISHED")
+        journal = tracker.spool_path
+        tracker.flush()
+        copy = journal.read_text()
+    # The same lines again, as if the driver had died after writing but before acknowledging.
+    unacknowledged = "\n".join(line for line in copy.splitlines() if '"ack"' not in line and '"run"' not in line)
+    (spool / "replay.jsonl").write_text(unacknowledged + "\n")
+    with tracker_for(study_dir, spool_dir=spool) as relaunched:
+        assert len(relaunched.recover()) == 1
+        records = relaunched.trial_runs()
+    assert [(r.trial_id, r.status) for r in records] == [("t1", "FINISHED")]
+    client = client_for(study_dir)
+    assert [m.step for m in client.get_metric_history(records[0].run_id, "val/worst_acc")] == [0, 1, 2]
 
 
 # -- URIs and the store check ------------------------------------------------------------------
