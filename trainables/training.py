@@ -209,10 +209,9 @@ class _Run:
         if split.in_memory:
             inputs = split.inputs
             index = order if order is not None else torch.arange(len(split))
-            for start in range(0, len(split), batch_size):
+            end = len(split) - (shuffle_seed is not None and _drops_last(len(split), batch_size))
+            for start in range(0, end, batch_size):
                 idx = index[start:start + batch_size]
-                if shuffle_seed is not None and len(idx) < 2:
-                    break  # BatchNorm cannot train on a batch of one
                 yield self._to_device(inputs[idx], split.y[idx], split.g[idx])
             return
         loader = DataLoader(
@@ -221,7 +220,7 @@ class _Run:
             sampler=order.tolist() if order is not None else None,
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=shuffle_seed is not None and len(split) % batch_size == 1,
+            drop_last=shuffle_seed is not None and _drops_last(len(split), batch_size),
             persistent_workers=False,
         )
         for x, idx in loader:
@@ -268,8 +267,14 @@ def _schedule(kind: str, total_steps: int) -> Callable[[int], float]:
     return lambda step: 1.0
 
 
+def _drops_last(n: int, batch_size: int) -> bool:
+    """Whether a training epoch skips its last batch: one example, on which BatchNorm cannot train."""
+    return n % batch_size == 1
+
+
 def _batches_per_epoch(n: int, batch_size: int) -> int:
-    return n // batch_size + (1 if n % batch_size >= 2 else 0)
+    """Optimizer steps per epoch (the LR schedule's unit): the batches the loader yields."""
+    return math.ceil(n / batch_size) - _drops_last(n, batch_size)
 
 
 def _amp(cfg: TrialConfig, device: torch.device) -> bool:

@@ -130,3 +130,20 @@ def test_the_loop_runs_on_the_cpu_without_amp(tmp_path):
     reports, _, _ = run({**TINY, "epochs": 1, "amp": True, "device": "auto"}, tmp_path)
 
     assert reports and not torch.cuda.is_available()
+
+
+def test_a_last_batch_of_one_is_skipped_and_the_schedule_counts_the_steps_taken(tmp_path):
+    from trainables.config import TrialConfig
+    from trainables.datasets import load_dataset
+    from trainables.models import resolve
+    from trainables.training import resolve_preprocessing
+
+    cfg = TrialConfig.from_mapping(TINY)
+    n = len(load_dataset("spurious_digits", None, resolve_preprocessing(resolve(cfg.model), cfg.dataset, cfg)).train)
+    batch_size = next(b for b in range(60, 2, -1) if n % b == 1)  # BatchNorm cannot train on one example
+
+    reports, _, _ = run({**TINY, "batch_size": batch_size, "schedule": "cosine"}, tmp_path)
+
+    # Cosine reaches zero after exactly the steps the schedule was told of: the batches trained.
+    assert reports[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert reports[0]["lr"] > 0
