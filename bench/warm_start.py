@@ -87,7 +87,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from hyperopt import __version__ as HYPEROPT_VERSION  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
-
 from wgtune.grid import Cell, PriorSettings  # noqa: E402
 from wgtune.priors import CellPriors, cell_priors  # noqa: E402
 from wgtune.searcher import CellPlan, CellRouter  # noqa: E402

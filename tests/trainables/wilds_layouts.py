@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+
 from PIL import Image
 
 SPLITS = ("train", "val", "test")

@@ -144,8 +144,9 @@ def _space_of(grid, cell):
 
 
 def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp_path, ray_local):
-    import pandas as pd
     from statistics import mean, stdev
+
+    import pandas as pd
 
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(GRID.format(sizes="10x0.25", n=2)).replace("final_seeds: 0", "final_seeds: 2"))

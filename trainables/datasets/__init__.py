@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from trainables.datasets.base import DatasetSpec, DataNotFoundError, GroupData, GroupSplit, Preprocessing
+from trainables.datasets.base import DataNotFoundError, DatasetSpec, GroupData, GroupSplit, Preprocessing
 from trainables.datasets.spurious_digits import SPURIOUS_DIGITS
 from trainables.datasets.wilds_data import CELEBA, WATERBIRDS, WildsSource, wilds_dataset
 from trainables.options import merge_options

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainables.datasets.base import DatasetSpec, DataNotFoundError, GroupData, GroupSplit, Preprocessing
+from trainables.datasets.base import DataNotFoundError, DatasetSpec, GroupData, GroupSplit, Preprocessing
 
 if TYPE_CHECKING:
     from PIL import Image
