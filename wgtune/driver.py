@@ -1,26 +1,27 @@
 """Runs a study on Ray Tune: one experiment, every cell's trials sharing the cluster.
 
-With `wgtune/searcher.py`, the only module that imports Ray. The trial itself is
+With `wgtune/searcher.py` and `wgtune/cluster.py`, the only modules that import Ray. The trial itself is
 `trainables.train`, imported inside the worker.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import ray
 from ray import tune
 from ray.tune import Callback
 from ray.tune.execution.placement_groups import PlacementGroupFactory
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from wgtune.cluster import init_ray
 from wgtune.plan import OBJECTIVE_METRIC, PlannedCell, trial_config
 from wgtune.progress import CellProgress, render
 from wgtune.searcher import CellPlan, CellRouter
@@ -64,7 +65,7 @@ def run_experiment(
     `trial_fn(config, cells)` replaces the training trial (benchmarks of the orchestration use a no-op).
     """
     by_id = {c.cell.id: c for c in cells}
-    _init_ray(settings.address)
+    init_ray(settings.address)
     progress = {
         c.cell.id: CellProgress(c.cell.label, c.budget, finished=c.finished, final=c.final_finished,
                                 final_budget=c.final_seeds)
@@ -72,14 +73,18 @@ def run_experiment(
     }
     key = _join(settings.storage, settings.name)
     _SESSIONS[key] = _Session(tracker, progress, print_line, settings.progress_every_s)
+    # A failed attempt is one [retrying]/[failed] line here and its traceback in the run's
+    # error.txt; Tune would also print every traceback, dozens of lines each, among ours.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn or _run_trial, cells=by_id),
         resources=_resources_of(by_id),
     )
     if settings.restore:
         # The experiment's own searcher, scheduler and callbacks come back from its state;
-        # trials that were running continue from their last epoch checkpoint.
-        tuner = tune.Tuner.restore(key, trainable, resume_unfinished=True, resume_errored=True)
+        # trials that were running continue from their last epoch checkpoint. Errored trials
+        # stay failed: the router has already replaced them, and resuming them would run both.
+        tuner = tune.Tuner.restore(key, trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = _new_tuner(trainable, cells, settings, key)
     try:
@@ -106,13 +111,16 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
     # ones starve until the small cells run dry (GPU occupancy 0.66-0.75 vs 0.91, bench/occupancy.py).
     biggest_first = sorted(cells, key=lambda c: (-c.resources.gpu, -c.resources.cpu))
     plans = [_search_plan(c, settings.n_startup) for c in biggest_first if c.has_work]
-    router = CellRouter(plans, metric=OBJECTIVE_METRIC, mode="max")
+    router = CellRouter(plans, metric=OBJECTIVE_METRIC, mode="max",
+                        on_give_up=functools.partial(_cell_failing, key))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(router, max_concurrent=settings.max_concurrent),
             scheduler=_scheduler(settings),
-            num_samples=sum(p.budget + p.final_seeds for p in plans),
+            # No count: a trial that fails for good gets a replacement, so the router alone knows
+            # when the work is done, and says so with FINISHED.
+            num_samples=-1,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -140,29 +148,6 @@ def _search_plan(cell: PlannedCell, n_startup: int) -> CellPlan:
         final_seeds=cell.final_remaining,
         final_offset=cell.final_finished,
     )
-
-
-def _init_ray(address: str | None) -> None:
-    """Join `address` (or $RAY_ADDRESS), else start a local instance with the dashboard off."""
-    # Our progress view replaces Tune's: the legacy reporter honours verbose=0 (the new one
-    # still prints boxes), and per-epoch checkpoints of short trials make Tune warn on every one.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # MLflow is the study's record; Tune's own CSV/JSON/TensorBoard files per trial cost the
-    # driver ~19 ms of CPU per trial (measured, bench/orchestration_overhead.py) and nobody
-    # reads them. Restore uses Tune's experiment state and checkpoints, which stay.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # "local" starts a new instance: a bare ray.init() would silently join whatever cluster
-        # /tmp/ray/ray_current_cluster names (a leftover `ray start`, another user's).
-        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def _run_trial(config: dict[str, Any], cells: Mapping[str, PlannedCell]) -> None:
@@ -211,8 +196,13 @@ class CellASHA(FIFOScheduler):
         super().__init__()
         self._options = {"grace_period": min(grace_period, max_t), "max_t": max_t, "reduction_factor": reduction_factor}
         self._cells: dict[str, AsyncHyperBandScheduler] = {}
+        # Final-seed re-trainings of a chosen config run to the end: a seed stopped at a rung
+        # would report a one-epoch test accuracy into the mean over seeds (decision 7).
+        self._final = FIFOScheduler()
 
-    def _of(self, trial: Trial) -> AsyncHyperBandScheduler:
+    def _of(self, trial: Trial) -> TrialScheduler:
+        if trial.config.get("phase") == "final":
+            return self._final
         cell = trial.config["cell"]
         if cell not in self._cells:
             self._cells[cell] = AsyncHyperBandScheduler(
@@ -253,6 +243,13 @@ class _Session:
 _SESSIONS: dict[str, _Session] = {}
 
 
+def _cell_failing(key: str, cell: str, failures: int) -> None:
+    """The router gave up on `cell` (its failure cap): mark its progress row."""
+    session = _SESSIONS.get(key)
+    if session is not None and cell in session.rows:
+        session.rows[cell].failing = True
+
+
 class _SessionCallback(Callback):
     def __init__(self, key: str) -> None:
         self.key = key
@@ -263,7 +260,13 @@ class _SessionCallback(Callback):
 
 
 class _TrackingCallback(_SessionCallback):
-    """Tune events -> MLflow, through the tracker's single background writer (decision 3)."""
+    """Tune events -> MLflow, through the tracker's single background writer (decision 3).
+
+    A failed attempt ends the run FAILED with its error (tag `wgtune.error` and `error.txt`:
+    "attempt 1 of 2 failed; ..." then every attempt's traceback, latest first); a retry reopens
+    the same run RUNNING. Every ended run is tagged `wgtune.attempts`, so a FINISHED run with
+    attempts > 1 (and a `wgtune.error` tag) succeeded after retries.
+    """
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
@@ -294,10 +297,17 @@ class _TrackingCallback(_SessionCallback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         summary = {k: v for k, v in (trial.last_result or {}).items() if k.startswith("best/")}
-        self.tracker.end_trial(self._run(trial), "FINISHED", summary=summary)
+        self.tracker.end_trial(self._run(trial), "FINISHED", summary=summary, tags=_attempts(trial, 1))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        # The run waits FAILED with this attempt's error; on_trial_start reopens it RUNNING when
+        # Tune restarts the trial from its last checkpoint, and its epochs continue from there.
+        self.tracker.end_trial(self._run(trial), "FAILED", error=_error_text(trial, retrying=True),
+                               tags=_attempts(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        self.tracker.end_trial(self._run(trial), "FAILED", error=_error_text(trial))
+        self.tracker.end_trial(self._run(trial), "FAILED", error=_error_text(trial, retrying=False),
+                               tags=_attempts(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.tracker.flush()
@@ -341,13 +351,22 @@ class _ProgressCallback(_SessionCallback):
         best = f" (best {row.best:.3f})" if row.best is not None else ""
         self.print_line(f"[{row.finished}/{row.budget}] {row.label}: trial {trial.trial_id} val worst-group {shown}{best}")
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        row = self.rows[trial.config["cell"]]
+        row.running -= 1  # back in Tune's queue; on_trial_start counts it again
+        total = f"/{trial.max_failures + 1}" if trial.max_failures >= 0 else ""
+        self.print_line(f"[retrying] {row.label}: trial {trial.trial_id} failed: {_last_error(trial)}; "
+                        f"retrying from epoch {_resume_epoch(trial)} (attempt {trial.num_failures + 1}{total})")
+
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         row = self.rows[trial.config["cell"]]
         row.running -= 1
         row.failed += 1
-        # A traceback's last line is the exception itself.
-        last_line = _error_text(trial).strip().splitlines()[-1:] or ["unknown error"]
-        self.print_line(f"[failed] {row.label}: trial {trial.trial_id}: {last_line[0]}")
+        # The router has already decided (Tune tells it before the callbacks): replace, or give up.
+        then = ("no more trials for this cell: as many of its trials failed as it had to run" if row.failing
+                else "a new trial replaces it")
+        attempts = f"{trial.num_failures} attempt{'s' if trial.num_failures != 1 else ''}"
+        self.print_line(f"[failed] {row.label}: trial {trial.trial_id} after {attempts}: {_last_error(trial)}; {then}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last_table >= self.session.every_s:
@@ -358,9 +377,44 @@ class _ProgressCallback(_SessionCallback):
         self.print_line(render(self.rows.values(), title="study finished"))
 
 
-def _error_text(trial: Trial) -> str:
-    """The trial's traceback as Tune saved it on the driver's disk."""
+_FAILURE_HEADER = re.compile(r"^(?=Failure # \d+ \(occurred at )", re.MULTILINE)
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its task names, which MLflow shows as junk
+_ONE_LINE = 200
+
+
+def _failures(trial: Trial) -> list[str]:
+    """Each failed attempt's error, latest first, from the file where Tune appends them on the driver's disk."""
     path = trial.error_file
-    if path and Path(path).exists():
-        return Path(path).read_text()
-    return str(getattr(trial, "error_msg", None) or "trial failed (no error file)")
+    if not path or not Path(path).exists():
+        return [str(getattr(trial, "error_msg", None) or "trial failed (no error file)")]
+    text = _ANSI_COLOUR.sub("", Path(path).read_text())
+    parts = [part.strip() for part in _FAILURE_HEADER.split(text) if part.strip()]
+    return parts[::-1] or ["trial failed (empty error file)"]
+
+
+def _error_text(trial: Trial, retrying: bool) -> str:
+    """What the run records: which attempt failed and what Tune does next, then every attempt's error,
+    latest first (the run's `wgtune.error` tag is cut at 5000 characters; `error.txt` has all)."""
+    total = f" of {trial.max_failures + 1}" if trial.max_failures >= 0 else ""
+    then = (f"Tune retries it from its last checkpoint (epoch {_resume_epoch(trial)} next)" if retrying
+            else "no retries left")
+    return f"attempt {trial.num_failures}{total} failed; {then}\n\n" + "\n\n".join(_failures(trial))
+
+
+def _attempts(trial: Trial, running: int = 0) -> dict[str, str]:
+    """The run's `wgtune.attempts` tag: attempts so far (the failed ones, plus one that just finished)."""
+    return {"wgtune.attempts": str(trial.num_failures + running)}
+
+
+def _last_error(trial: Trial) -> str:
+    """The latest attempt's exception in one line: a traceback's last line (a dead worker's is long)."""
+    lines = _failures(trial)[0].splitlines()
+    line = lines[-1].strip() if lines else "unknown error"
+    return line if len(line) <= _ONE_LINE else line[:_ONE_LINE - 1] + "…"
+
+
+def _resume_epoch(trial: Trial) -> int:
+    """The epoch a retry starts at: the one after the trial's last checkpoint, else the first."""
+    checkpointed = getattr(trial, "latest_checkpoint_result", None)
+    epoch = (checkpointed.metrics or {}).get("epoch") if checkpointed is not None else None
+    return int(epoch) + 1 if epoch is not None else 1

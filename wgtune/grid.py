@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -324,6 +325,20 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def check_study_dir(grid: Grid) -> None:
+    """The study folder exists or can be made, and can be written; checked without creating anything."""
+    folder = grid.study_dir
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    fix = "set study_dir to a folder you can write (a relative path is relative to the grid file)"
+    if not existing.is_dir():
+        raise GridError(f"{grid.path}: study_dir: cannot create {folder}: {existing} is a file, not a folder; {fix}")
+    # access(2) answers for this user, and says EROFS for a read-only file system, writing nothing.
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GridError(f"{grid.path}: study_dir: cannot write to {folder}: {existing} is not writable; {fix}")
 
 
 def expand_study_dir(grid: Grid) -> Path:

@@ -18,6 +18,8 @@ class CellProgress:
     best: float | None = None
     final: int = 0
     final_budget: int = 0
+    failing: bool = False
+    """Too many of its trials failed in this launch: it starts no more (see their `wgtune.error`)."""
 
     def record(self, value: float | None) -> None:
         """Count a finished trial and keep the best value."""
@@ -35,7 +37,8 @@ def render(rows: Iterable[CellProgress], title: str = "") -> str:
     for r in rows:
         best = f"{r.best:.3f}" if r.best is not None else "-"
         done, final = f"{r.finished}/{r.budget}", f"{r.final}/{r.final_budget}"
-        lines.append(f"{r.label:<{width}}  {done:>9}  {final:>7}  {r.running:>3}  {r.failed:>4}  {best}")
+        state = "  FAILING: too many failed trials, see their wgtune.error in MLflow" if r.failing else ""
+        lines.append(f"{r.label:<{width}}  {done:>9}  {final:>7}  {r.running:>3}  {r.failed:>4}  {best}{state}")
     total = f"{sum(r.finished for r in rows)}/{sum(r.budget for r in rows)}"
     finals = f"{sum(r.final for r in rows)}/{sum(r.final_budget for r in rows)}"
     running, failed = sum(r.running for r in rows), sum(r.failed for r in rows)

@@ -3,6 +3,12 @@
 Each cell keeps its own hyperopt ``Trials``.  History of the cell is injected as completed
 trials (decision 2), transfer points are proposed first, and suggestions go to the cell that
 has started the fewest trials, so every cell progresses while slots are free (decision 5).
+
+A trial that errors after Tune's retries is a failed hyperopt trial (TPE treats it as worse than
+any real result) and does not spend its budget slot: the cell gets a replacement, so it ends with
+its budget of completed trials. A cell stops (gives up) once `CellPlan.failure_cap` of its trials
+have failed, so a broken cell cannot loop forever; the router says FINISHED only when no running
+trial could still need a replacement.
 """
 
 from __future__ import annotations
@@ -47,14 +53,24 @@ class CellPlan:
     """Re-trainings of the chosen config to run once the search is spent (the final phase)."""
     final_offset: int = 0
     """Final seeds finished in earlier launches: seed numbering continues after them."""
+    max_failed: int | None = None
+    """Failed trials (search and final) after which the cell gives up; None: `budget + final_seeds`."""
 
     def __post_init__(self) -> None:
         if not self.cell:
             raise ValueError("CellPlan.cell must be a non-empty id")
         if min(self.budget, self.n_startup, self.final_seeds, self.final_offset) < 0:
             raise ValueError(f"cell {self.cell!r}: budget, n_startup and final seeds must be >= 0")
+        if self.max_failed is not None and self.max_failed < 1:
+            raise ValueError(f"cell {self.cell!r}: max_failed must be >= 1 or None")
         if not self.space:
             raise ValueError(f"cell {self.cell!r}: empty search space")
+
+    @property
+    def failure_cap(self) -> int:
+        """How many trials may fail before the cell gives up: at most as many as it has to run,
+        so a cell whose every trial fails (a bug, a bad space) costs at most twice its work."""
+        return self.max_failed if self.max_failed is not None else max(self.budget + self.final_seeds, 1)
 
 
 def _identity(space: Any) -> Any:
@@ -85,6 +101,7 @@ class _Cell:
         self.rng = np.random.default_rng(plan.seed)
         self.finals: dict[str, int] = {}  # ray trial id -> final seed, for the final phase
         self.finals_running: set[str] = set()
+        self.finals_failed: set[str] = set()
         self.trials = Trials()
         self._check_points()
         docs = [self._doc(tid, vals) for tid, (vals, _) in enumerate(plan.observations)]
@@ -120,9 +137,16 @@ class _Cell:
         self.trials = trials_from_docs(docs)
         self.by_tid = {doc["tid"]: doc for doc in self.trials.trials}
         self.started = sum("ray_trial_id" in d["misc"] for d in docs)
+        self.count_errors()
         self.running = {
             d["misc"]["ray_trial_id"] for d in docs if d["state"] == JOB_STATE_RUNNING
         }
+
+    def count_errors(self) -> None:
+        """Search trials of this experiment that errored (after Tune's retries)."""
+        self.errors = sum(
+            "ray_trial_id" in d["misc"] and d["result"].get("failure") == TRIAL_ERROR for d in self.trials.trials
+        )
 
     def propose(self, trial_id: str) -> tuple[dict[str, Any], str]:
         """Insert the next trial doc of this cell; return it and how it was proposed."""
@@ -156,32 +180,71 @@ class _Cell:
         return min(losses) if losses else None
 
     @property
+    def search_left(self) -> int:
+        """Search trials still to start: the budget less the started ones that have not failed."""
+        return max(self.plan.budget - (self.started - self.errors), 0)
+
+    @property
+    def finals_left(self) -> int:
+        """Final-seed trials still to start: the final seeds less the started ones that have not failed."""
+        return max(self.plan.final_seeds - (len(self.finals) - len(self.finals_failed)), 0)
+
+    @property
+    def failures(self) -> int:
+        return self.errors + len(self.finals_failed)
+
+    @property
+    def gave_up(self) -> bool:
+        """Too many of the cell's trials failed: it starts no more (its running ones go on)."""
+        return self.failures >= self.plan.failure_cap
+
+    @property
     def work_started(self) -> int:
-        return self.started + len(self.finals)
+        """Trials started that have not failed: a cell that lost one gets its replacement first."""
+        return self.started - self.errors + len(self.finals) - len(self.finals_failed)
+
+    def can_search(self, max_running: int | None) -> bool:
+        return not self.gave_up and self.search_left > 0 and (max_running is None or len(self.running) < max_running)
 
     def final_ready(self) -> bool:
         """The search is spent and settled, a config was found, and final seeds remain."""
-        searched = self.started >= self.plan.budget and not self.running
-        return searched and len(self.finals) < self.plan.final_seeds and self.best_loss() is not None
+        searched = self.search_left == 0 and not self.running
+        return not self.gave_up and searched and self.finals_left > 0 and self.best_loss() is not None
 
     def has_work(self) -> bool:
-        """Trials still to start in this experiment (some may wait for the search to settle)."""
-        if self.started < self.plan.budget:
-            return True
-        if len(self.finals) >= self.plan.final_seeds:
+        """Trials may still start in this experiment: now, once the search settles, or to replace
+        a running trial that fails."""
+        if self.gave_up:
             return False
-        return bool(self.running) or self.best_loss() is not None
+        if self.search_left or self.running or self.finals_running:
+            return True
+        return self.finals_left > 0 and self.best_loss() is not None
 
     def propose_final(self, trial_id: str) -> dict[str, Any]:
         """The chosen config (best metric over every finished search trial, history included)
-        on the next fresh seed, derived from the cell's seed."""
+        on the next seed: a failed final's seed again, else the next fresh one derived from the cell's seed."""
         best = min((d for d in self.trials.trials if d["result"].get("status") == STATUS_OK),
                    key=lambda d: d["result"]["loss"])
-        index = self.plan.final_offset + len(self.finals)
-        seed = (self.plan.seed + 1_000_003 * (index + 1)) % 2**31
+        # A replacement re-trains its failed seed: the seeds finished stay the first N of the
+        # sequence, which is what the next launch's `final_offset` assumes.
+        redo = self.seeds_to_redo()
+        if redo:
+            seed = redo[0]
+        else:
+            index = self.plan.final_offset + len(set(self.finals.values()))
+            seed = (self.plan.seed + 1_000_003 * (index + 1)) % 2**31
         self.finals[trial_id] = seed
         self.finals_running.add(trial_id)
         return {"params": self.params(best["misc"]), "seed": seed}
+
+    def seeds_to_redo(self) -> list[int]:
+        """Final seeds whose every trial failed."""
+        alive = {s for t, s in self.finals.items() if t not in self.finals_failed}
+        return list(dict.fromkeys(s for t, s in self.finals.items() if t in self.finals_failed and s not in alive))
+
+
+TRIAL_ERROR = "trial error"
+"""The failure reason of a search trial that errored after Tune's retries (it gets a replacement)."""
 
 
 def _result(loss: float | None, why: str) -> dict[str, Any]:
@@ -193,7 +256,11 @@ def _result(loss: float | None, why: str) -> dict[str, Any]:
 
 
 class CellRouter(Searcher):
-    """Routes suggestions and results by cell; one hyperopt TPE per cell."""
+    """Routes suggestions and results by cell; one hyperopt TPE per cell.
+
+    `on_give_up(cell, failures)` is told when a cell reaches its failure cap (it travels
+    pickled with the experiment, so a module-level function or a partial of one).
+    """
 
     def __init__(
         self,
@@ -201,6 +268,7 @@ class CellRouter(Searcher):
         metric: str,
         mode: str = "max",
         max_running_per_cell: int | None = None,
+        on_give_up: Callable[[str, int], None] | None = None,
     ) -> None:
         if not metric or mode not in ("min", "max"):
             raise ValueError("CellRouter needs a metric name and mode 'min' or 'max'")
@@ -212,6 +280,7 @@ class CellRouter(Searcher):
         if duplicates:
             raise ValueError(f"duplicate cells in plans: {duplicates}")
         self.max_running_per_cell = max_running_per_cell
+        self.on_give_up = on_give_up
         self._cells = {p.cell: _Cell(p) for p in plans}
         self._index()
 
@@ -238,19 +307,16 @@ class CellRouter(Searcher):
     def suggest(self, trial_id: str) -> dict | None | str:
         """Next trial for the cell with the fewest started trials that has one to give now:
         a search trial, or, once its search is spent and settled, a final-seed trial.
-        FINISHED when every cell's work is started; None while some wait."""
+        FINISHED when every cell's work is done or given up; None while some wait, running
+        trials included: Tune asks nothing more after FINISHED, and one may fail and need a replacement."""
         busy = [c for c in self._cells.values() if c.has_work()]
         if not busy:
             return Searcher.FINISHED
-        cap = self.max_running_per_cell
-        ready = [
-            c for c in busy
-            if (c.started < c.plan.budget and (cap is None or len(c.running) < cap)) or c.final_ready()
-        ]
+        ready = [c for c in busy if c.can_search(self.max_running_per_cell) or c.final_ready()]
         if not ready:
             return None
         cell = min(ready, key=lambda c: c.work_started)  # min keeps the first: plan order on ties
-        if cell.started >= cell.plan.budget:
+        if cell.search_left == 0:
             final = cell.propose_final(trial_id)
             self._trial_cell[trial_id] = (cell.plan.cell, None)
             return {"cell": cell.plan.cell, "params": final["params"], "proposal": "final",
@@ -262,19 +328,28 @@ class CellRouter(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """Record the trial's final metric as its cell's hyperopt result (failed if unusable)."""
+        """Record the trial's final metric as its cell's hyperopt result (failed if unusable);
+        an errored trial is replaced, up to the cell's failure cap."""
         if trial_id not in self._trial_cell:
             logger.warning("CellRouter: completion of unknown trial %s ignored", trial_id)
             return
         name, tid = self._trial_cell[trial_id]
         cell = self._cells[name]
+        gave_up = cell.gave_up
         if tid is None:  # a final-seed trial: it evaluates the chosen config, it informs no TPE
             cell.finals_running.discard(trial_id)
-            return
-        doc = cell.by_tid[tid]
+            if error:
+                cell.finals_failed.add(trial_id)
+        else:
+            self._complete_search(cell, cell.by_tid[tid], trial_id, result, error)
+        if cell.gave_up and not gave_up and self.on_give_up is not None:
+            self.on_give_up(name, cell.failures)
+
+    def _complete_search(self, cell: _Cell, doc: dict[str, Any], trial_id: str, result: dict | None,
+                         error: bool) -> None:
         value = None if error or not result else result.get(self._metric)
         if error:
-            loss, why = None, "trial error"
+            loss, why = None, TRIAL_ERROR
         elif not isinstance(value, numbers.Real) or isinstance(value, bool):
             loss, why = None, f"no numeric {self._metric!r} in result"
         else:
@@ -285,6 +360,7 @@ class CellRouter(Searcher):
         doc["refresh_time"] = coarse_utcnow()
         cell.running.discard(trial_id)
         cell.trials.refresh()
+        cell.count_errors()
 
     def cell_of(self, trial_id: str) -> str:
         """The cell a suggested trial belongs to."""
@@ -295,7 +371,8 @@ class CellRouter(Searcher):
         return self._cells[cell].trials
 
     def progress(self) -> dict[str, dict[str, Any]]:
-        """Per cell: started, finished, failed, running, budget, observed, best (metric units)."""
+        """Per cell: started, finished, failed (errored: of these, after Tune's retries), running,
+        budget, final seeds started, running and failed, observed, gave up, best (metric units)."""
         out = {}
         for name, cell in self._cells.items():
             mine = [d for d in cell.trials.trials if "ray_trial_id" in d["misc"]]
@@ -305,11 +382,14 @@ class CellRouter(Searcher):
                 "started": cell.started,
                 "finished": len(done),
                 "failed": sum(d["result"].get("status") == STATUS_FAIL for d in done),
+                "errored": cell.errors,
                 "running": len(cell.running),
                 "budget": cell.plan.budget,
                 "final_started": len(cell.finals),
                 "final_running": len(cell.finals_running),
+                "final_failed": len(cell.finals_failed),
                 "observed": len(cell.plan.observations),
+                "gave_up": cell.gave_up,
                 "best": None if best is None else (-best if self._mode == "max" else best),
             }
         return out
@@ -325,6 +405,7 @@ class CellRouter(Searcher):
                     "budget": cell.plan.budget,
                     "finals": dict(cell.finals),
                     "finals_running": sorted(cell.finals_running),
+                    "finals_failed": sorted(cell.finals_failed),
                 }
                 for name, cell in self._cells.items()
             },
@@ -350,6 +431,7 @@ class CellRouter(Searcher):
             cell.rng.bit_generator.state = saved[name]["rng"]
             cell.finals = dict(saved[name].get("finals", {}))
             cell.finals_running = set(saved[name].get("finals_running", ()))
+            cell.finals_failed = set(saved[name].get("finals_failed", ()))
         self._index()
 
     def save(self, checkpoint_path: str) -> None:

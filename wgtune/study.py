@@ -45,12 +45,22 @@ class LaunchOptions:
     store_wait_s: float = 120.0  # at the end, how long a tracking store that is away gets to come back
 
 
-def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print) -> dict[str, CellProgress]:
-    """Run every cell's remaining budget; finished trials in MLflow count, so a re-launch resumes."""
+def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print,
+           trial_fn: Callable[..., None] | None = None) -> dict[str, CellProgress]:
+    """Run every cell's remaining budget; finished trials in MLflow count, so a re-launch resumes.
+
+    `trial_fn(config, cells)` replaces the training trial (the soak injects faults through it).
+    """
+    from wgtune.grid import check_study_dir
+
     plan_cells(grid)  # every cell's search space is valid, before anything is created
     check_data(grid)
+    check_study_dir(grid)  # before the tracking check: the default store lives in the study folder
     uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
     check_tracking(uri)
+    from wgtune.cluster import check_ray  # Ray is imported only once the rest of the input is good
+
+    check_ray(options.address)  # seconds, where ray.init would retry for minutes
     study_dir = expand_study_dir(grid)
     tracker = StudyTracker(uri, grid.spec.study, artifact_root(study_dir) if is_local_store(uri) else None,
                            spool_dir=study_dir / SPOOL_FOLDER)
@@ -64,7 +74,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                        "continue from their last epoch" if experiment.restore else
                        f"new Ray experiment, warm-started from MLflow "
                        f"({sum(len(c.priors.observations) for c in cells if c.priors)} finished trials as observations)")
-            _run(grid, cells, tracker, experiment, options, print_line)
+            _run(grid, cells, tracker, experiment, options, print_line, trial_fn)
             if experiment.restore:
                 # MLflow is the truth: whatever a restored experiment could not bring back (a trial
                 # Tune's last snapshot missed) runs now in a new experiment, warm-started from MLflow.
@@ -73,7 +83,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                 if missing:
                     print_line(f"{missing} trial(s) not recovered by the restored experiment: running them in a "
                                "new experiment, warm-started from MLflow")
-                    _run(grid, cells, tracker, Experiment(grid), options, print_line)
+                    _run(grid, cells, tracker, Experiment(grid), options, print_line, trial_fn)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
         if not _written(tracker, options.store_wait_s, print_line):
@@ -179,7 +189,7 @@ def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[P
 
 
 def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment: Experiment,
-         options: LaunchOptions, print_line: Print) -> None:
+         options: LaunchOptions, print_line: Print, trial_fn: Callable[..., None] | None = None) -> None:
     """Run (or restore) `experiment` until every cell's remaining work is done; record its completion."""
     from wgtune.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
 
@@ -202,6 +212,7 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
             progress_every_s=options.progress_every_s,
         ),
         print_line,
+        trial_fn,
     )
     experiment.complete()
 

@@ -54,7 +54,7 @@ def cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False})
     for _ in range(NODES):
         cluster.add_node(num_cpus=CPUS_PER_NODE, num_gpus=GPUS_PER_NODE)
-    # run_experiment's _init_ray keeps a Ray that is already connected.
+    # run_experiment's init_ray keeps a Ray that is already connected.
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
     ray.shutdown()

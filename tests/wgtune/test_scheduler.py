@@ -152,8 +152,6 @@ def test_a_completed_trial_is_a_rung_competitor_in_its_own_cell_only():
     assert got == {"h_better": CONTINUE, "h_worse": STOP, "e_worse": STOP}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: CellASHA rung-compares the final-seed re-trainings of the chosen "
-                                        "config with the cell's search trials and stops them early")
 def test_final_seed_retrainings_of_the_chosen_config_are_never_stopped_early():
     """Decision 7: the chosen config is re-trained on N seeds to full length; its spread over seeds
     is what the report shows. A seed that happens to sit below the search's rung cutoff is still a

@@ -40,9 +40,12 @@ def test_budgets_exact_and_cells_interleaved() -> None:
     router = CellRouter(plans, metric="score")
     out = _drain(router, 8)
     assert [s["cell"] for s in out[:6]] == ["a", "b", "c", "a", "c", "a"]
-    assert out[6:] == [FINISHED, FINISHED]
+    assert out[6:] == [None, None], "every slot is started, but a running trial may fail and need a replacement"
     assert {c: p["started"] for c, p in router.progress().items()} == {"a": 3, "b": 1, "c": 2}
     assert router.cell_of("t1") == "b"
+    for i in range(6):
+        router.on_trial_complete(f"t{i}", {"score": 0.5})
+    assert router.suggest("t8") == FINISHED
 
 
 def test_running_cap_returns_none_then_resumes() -> None:
@@ -56,12 +59,15 @@ def test_running_cap_returns_none_then_resumes() -> None:
     assert router.suggest("t4") is None
     router.on_trial_complete("t1", {"score": 1.0})
     assert router.suggest("t5")["cell"] == "b"
-    # Every budget slot is started: FINISHED although trials still run.
-    assert router.suggest("t6") == FINISHED
+    # Every budget slot is started; not FINISHED while trials run, since one may fail.
+    assert router.suggest("t6") is None
     assert router.progress()["a"] == {
-        "started": 2, "finished": 1, "failed": 0, "running": 1, "budget": 2, "final_started": 0,
-        "final_running": 0, "observed": 0, "best": 1.0,
+        "started": 2, "finished": 1, "failed": 0, "errored": 0, "running": 1, "budget": 2, "final_started": 0,
+        "final_running": 0, "final_failed": 0, "observed": 0, "gave_up": False, "best": 1.0,
     }
+    router.on_trial_complete("t3", {"score": 1.0})
+    router.on_trial_complete("t5", {"score": 1.0})
+    assert router.suggest("t7") == FINISHED
 
 
 def test_final_seeds_retrain_the_best_config_once_the_cells_search_has_settled() -> None:
@@ -80,14 +86,16 @@ def test_final_seeds_retrain_the_best_config_once_the_cells_search_has_settled()
     assert [f["proposal"] for f in finals] == ["final", "final"] and all(f["phase"] == "final" for f in finals)
     assert all(f["params"] == second["params"] for f in finals), "the chosen config: best score"
     assert len({f["seed"] for f in finals}) == 2
-    assert router.suggest("f2") == FINISHED
+    assert router.suggest("f2") is None, "finals run: one may fail"
     docs_before = len(router.hyperopt_trials("a").trials)
     router.on_trial_complete("f0", {"score": 0.1})
     assert len(router.hyperopt_trials("a").trials) == docs_before, "final seeds inform no TPE"
     restored = CellRouter([CellPlan("a", _space(), 2, 1, observations=history, final_seeds=2, final_offset=1)],
                           metric="score")
     restored.set_state(router.get_state())
-    assert restored.cell_of("f1") == "a" and restored.suggest("f3") == FINISHED
+    assert restored.cell_of("f1") == "a" and restored.suggest("f3") is None
+    restored.on_trial_complete("f1", {"score": 0.2})
+    assert restored.suggest("f4") == FINISHED
 
 
 def test_final_seeds_continue_the_numbering_of_earlier_launches() -> None:
@@ -113,7 +121,7 @@ def test_proposal_labels_transfer_then_random_then_tpe() -> None:
     assert [s["proposal"] for s in out[:6]] == ["transfer", "transfer", "random", "tpe", "tpe", "tpe"]
     assert out[0]["params"] == {"lr": 1e-3, "x": 0.25, "opt": "adam"}
     assert out[1]["params"] == {"lr": 0.1, "x": 0.75, "opt": "sgd"}
-    assert out[6] == FINISHED
+    assert out[6] is None
     docs = router.hyperopt_trials("a").trials
     assert [d["tid"] for d in docs] == list(range(7))
     assert docs[1]["misc"]["vals"] == {"lr": [1e-3], "x": [0.25], "opt": [1]}
@@ -124,7 +132,7 @@ def test_proposal_labels_transfer_then_random_then_tpe() -> None:
 def test_first_points_beyond_budget_are_dropped() -> None:
     plan = CellPlan("a", _space(), 1, 0, first_points=({"lr": 1e-3, "x": 0.2, "opt": 0},) * 3)
     out = _drain(CellRouter([plan], metric="score"), 2)
-    assert out[0]["proposal"] == "transfer" and out[1] == FINISHED
+    assert out[0]["proposal"] == "transfer" and out[1] is None
 
 
 def test_observations_look_like_tpe_docs() -> None:
@@ -157,14 +165,15 @@ def test_informed_posterior_beats_cold_start() -> None:
 
 
 @pytest.mark.parametrize(
-    ("result", "error", "why"),
-    [(None, True, "trial error"), ({"score": float("nan")}, False, "non-finite metric"),
-     ({"other": 1.0}, False, "no numeric 'score' in result"), (None, False, "no numeric 'score' in result")],
+    ("result", "why"),
+    [({"score": float("nan")}, "non-finite metric"), ({"other": 1.0}, "no numeric 'score' in result"),
+     (None, "no numeric 'score' in result")],
 )
-def test_failures_recorded_as_fail_and_budget_spent(result: dict | None, error: bool, why: str) -> None:
+def test_unusable_results_recorded_as_fail_and_budget_spent(result: dict | None, why: str) -> None:
+    # The trial finished (MLflow counts it), its result is just useless to TPE: no replacement.
     router = CellRouter([CellPlan("a", _space(), 3, 0, n_startup=1)], metric="score")
     _drain(router, 2)
-    router.on_trial_complete("t0", result, error=error)
+    router.on_trial_complete("t0", result)
     router.on_trial_complete("t1", {"score": 0.75})
     docs = router.hyperopt_trials("a").trials
     # No "loss" key: tpe.suggest would otherwise read it although the status is fail.
@@ -173,9 +182,108 @@ def test_failures_recorded_as_fail_and_budget_spent(result: dict | None, error: 
     assert docs[1]["result"] == {"loss": -0.75, "status": STATUS_OK}
     assert router.hyperopt_trials("a").best_trial["tid"] == 1
     assert router.suggest("t2")["proposal"] == "tpe"  # TPE runs with a failed doc present
-    assert router.suggest("t3") == FINISHED
+    assert router.suggest("t3") is None
     p = router.progress()["a"]
-    assert (p["started"], p["finished"], p["failed"], p["running"], p["best"]) == (3, 2, 1, 1, 0.75)
+    assert (p["started"], p["finished"], p["failed"], p["errored"], p["running"], p["best"]) == (3, 2, 1, 0, 1, 0.75)
+
+
+def test_an_errored_trial_is_a_failed_tpe_point_and_gets_a_replacement() -> None:
+    router = CellRouter([CellPlan("a", _space(), 2, 0, n_startup=1), CellPlan("b", _space(), 1, 1)], metric="score")
+    assert [s["cell"] for s in _drain(router, 3)] == ["a", "b", "a"]
+    router.on_trial_complete("t0", None, error=True)  # Tune's retries are spent
+
+    replacement = router.suggest("t3")
+
+    assert replacement["cell"] == "a" and replacement["proposal"] == "tpe"
+    doc = router.hyperopt_trials("a").trials[0]
+    assert doc["result"] == {"status": STATUS_FAIL, "failure": "trial error"}, "TPE sorts it after every real loss"
+    assert router.suggest("t4") is None
+    for trial_id in ("t1", "t2", "t3"):
+        router.on_trial_complete(trial_id, {"score": 0.5})
+    assert router.suggest("t5") == FINISHED
+    p = router.progress()["a"]
+    assert (p["started"], p["finished"], p["failed"], p["errored"], p["gave_up"]) == (3, 3, 1, 1, False)
+    assert p["started"] - p["errored"] == p["budget"], "exactly the budget completed"
+
+
+def test_a_cell_whose_every_trial_fails_gives_up_at_its_cap_and_the_others_go_on() -> None:
+    told: list[tuple[str, int]] = []
+    plans = [CellPlan("bad", _space(), 2, 0, final_seeds=1), CellPlan("good", _space(), 3, 1)]
+    router = CellRouter(plans, metric="score", on_give_up=lambda cell, n: told.append((cell, n)))
+    started: dict[str, list[str]] = {"bad": [], "good": []}
+    for i in range(30):
+        suggestion = router.suggest(f"t{i}")
+        if suggestion == FINISHED:
+            break
+        assert suggestion is not None, "nothing is running between these steps"
+        started[suggestion["cell"]].append(f"t{i}")
+        router.on_trial_complete(f"t{i}", {"score": 0.5}, error=suggestion["cell"] == "bad")
+
+    assert suggestion == FINISHED
+    # Cap: budget + final seeds = 3 failed trials, then no more; no final phase without a config.
+    assert len(started["bad"]) == 3 and told == [("bad", 3)]
+    assert len(started["good"]) == 3
+    bad, good = router.progress()["bad"], router.progress()["good"]
+    assert bad["gave_up"] and bad["errored"] == 3 and bad["final_started"] == 0
+    assert not good["gave_up"] and good["finished"] == 3
+
+
+def test_the_cap_counts_failures_of_this_experiment_and_can_be_set() -> None:
+    router = CellRouter([CellPlan("a", _space(), 5, 0, max_failed=1)], metric="score")
+    _drain(router, 2)
+    router.on_trial_complete("t0", None, error=True)
+    # Given up: nothing more will start, so FINISHED although its other trial runs on.
+    assert router.suggest("t2") == FINISHED
+    router.on_trial_complete("t1", {"score": 0.5})
+    assert router.progress()["a"]["finished"] == 2
+    with pytest.raises(ValueError, match="max_failed"):
+        CellPlan("a", _space(), 1, 0, max_failed=0)
+
+
+def test_a_failed_final_seed_is_retrained_on_the_same_seed() -> None:
+    history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
+    router = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=2)], metric="score")
+    first, second = router.suggest("f0"), router.suggest("f1")
+    router.on_trial_complete("f0", None, error=True)
+
+    again = router.suggest("f2")
+
+    assert again["seed"] == first["seed"] and again["params"] == first["params"] and again["phase"] == "final"
+    router.on_trial_complete("f1", {"score": 0.5})
+    router.on_trial_complete("f2", {"score": 0.5})
+    assert router.suggest("f3") == FINISHED
+    p = router.progress()["a"]
+    assert (p["final_started"], p["final_failed"]) == (3, 1)
+    # The finished seeds are the first two of the sequence, so a later launch continues after them.
+    later = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=1, final_offset=2)],
+                       metric="score")
+    assert later.suggest("l0")["seed"] not in {first["seed"], second["seed"]}
+
+
+def test_restore_keeps_failures_and_pending_replacements(tmp_path: Path) -> None:
+    history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
+
+    def plans() -> list[CellPlan]:
+        return [CellPlan("a", _space(), 2, 0, observations=history, final_seeds=1)]
+
+    router = CellRouter(plans(), metric="score")
+    _drain(router, 2)
+    router.on_trial_complete("t0", None, error=True)
+    router.on_trial_complete("t1", {"score": 0.5})
+    router.save(str(tmp_path / "searcher.pkl"))
+    restored = CellRouter(plans(), metric="score")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+
+    assert restored.progress() == router.progress()
+    assert restored.suggest("t2") == router.suggest("t2"), "the replacement is not lost"
+    for r in (router, restored):
+        r.on_trial_complete("t2", {"score": 0.6})
+        assert r.suggest("f0")["phase"] == "final"
+        r.on_trial_complete("f0", None, error=True)
+    restored_again = CellRouter(plans(), metric="score")
+    restored_again.set_state(restored.get_state())
+    assert restored_again.suggest("f1")["seed"] == router.suggest("f1")["seed"]
+    assert restored_again.progress()["a"]["final_failed"] == 1 and restored_again.progress()["a"]["gave_up"] is False
 
 
 def test_nan_observation_is_a_failed_doc() -> None:
@@ -213,7 +321,11 @@ def test_save_restore_continues_without_repeats(tmp_path: Path) -> None:
         tail.append(b)
         if isinstance(b, dict):
             router_params[f"t{i}"] = b["params"]
-    assert tail[-2:] == [FINISHED, FINISHED]
+    assert tail[-2:] == [None, None], "the last trials still run"
+    for r in (original, restored):
+        for trial_id in ("t9", "t10"):
+            r.on_trial_complete(trial_id, {"score": -_loss(router_params[trial_id])})
+        assert r.suggest("t13") == FINISHED
     seen = [tuple(sorted(p.items())) for p in router_params.values()]
     assert len(seen) == len(set(seen)) == 11
     for name in ("a", "b"):
