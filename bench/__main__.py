@@ -27,6 +27,7 @@ BENCHMARKS = (
     "tracking_overhead",
     "warm_start",
     "occupancy",
+    "soak",
 )
 
 

@@ -41,6 +41,7 @@ from wgtune.tracking_records import (
     now_ms,
     trial_record,
 )
+from wgtune.tracking_spool import Spool, read_spools
 from wgtune.tracking_store import (
     TrackingUnavailableError,
     absolute_uri,
@@ -51,7 +52,6 @@ from wgtune.tracking_store import (
     resolve_tracking_uri,
     sqlite_path,
 )
-from wgtune.tracking_spool import Spool, read_spools
 from wgtune.tracking_writer import (
     MAX_PARAMS_TAGS_PER_BATCH,
     PendingWrite,
@@ -106,7 +106,8 @@ class StudyTracker:
         self.spool_dir = spool_dir
         self._writer = StoreWriter(lambda: MlflowClient(tracking_uri=uri), flush_interval_s=flush_interval_s,
                                    max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                                   lookup=self._find_trial, spool=Spool(spool_dir) if spool_dir else None)
+                                   lookup=self._find_trial, spool=Spool(spool_dir) if spool_dir else None,
+                                   step_key=OBJECTIVE_METRIC)
         self._lock = threading.Lock()
         self._cells: dict[str, _Cell] = {}
         self._live: set[str] = set()
@@ -208,6 +209,7 @@ class StudyTracker:
         if existing is not None:
             if not is_handle(existing):
                 self._writer.known(handle, existing)
+            self._writer.reopened(handle)
             self._writer.add(Write("status", handle, ("RUNNING",)))
             return handle
         tags = {"mlflow.parentRunId": cell.parent_run_id, KIND_TAG: "trial", CELL_TAG: cell_id,
@@ -232,11 +234,9 @@ class StudyTracker:
             self._last_step[run_id] = max(int(step), self._last_step.get(run_id, int(step)))
 
     def end_trial(self, run_id: str, status: str, error: str | None = None,
-                  summary: Mapping[str, Any] | None = None) -> None:
-        """Queue the trial's end: `summary` as metrics, an error (tag `wgtune.error` + `error.txt`), its status.
-
-        The error is recorded whenever given, FAILED or not.
-        """
+                  summary: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        """Queue the trial's end: `summary` as metrics, `tags`, an error (tag `wgtune.error` + `error.txt`),
+        its status. The error is recorded whenever given, FAILED or not."""
         if status not in END_STATUSES:
             raise ValueError(f"status must be one of {', '.join(END_STATUSES)}, not {status!r}")
         end_ms = now_ms()
@@ -246,6 +246,8 @@ class StudyTracker:
         if summary:
             # At the last epoch's step, so that MLflow shows the summary as each key's latest value.
             self._writer.add_metrics(run_id, metric_rows(run_id, summary, step))
+        if tags:
+            self._writer.add(Write("tags", run_id, tuple(sorted((k, str(v)) for k, v in tags.items()))))
         if error:
             short = error if len(error) <= TAG_VALUE_LIMIT else error[:TAG_VALUE_LIMIT - 20] + "… (see error.txt)"
             self._writer.add(Write("tags", run_id, ((ERROR_TAG, short),)))

@@ -157,6 +157,7 @@ class StoreWriter:
         max_buffered_metrics: int = 5000,
         lookup: Callable[[MlflowClient, str], str | None] | None = None,
         spool: Spool | None = None,
+        step_key: str | None = None,
         name: str = "wgtune-tracking-writer",
     ) -> None:
         self._client_factory = client_factory
@@ -180,6 +181,9 @@ class StoreWriter:
         self._retry_delay = backoff_s
         self._rejected: list[PendingWrite] = []
         self._runs: dict[str, str] = {}  # trial handle -> MLflow run id
+        self._step_key = step_key
+        self._reopened: set[str] = set()
+        self._floors: dict[str, int] = {}  # reopened handle -> last step its run already had
         self._next_id = 0
         self._seq = 0
         self._done_seq = 0
@@ -232,6 +236,17 @@ class StoreWriter:
         """Tell the writer which run a handle names (a trial whose run already exists)."""
         with self._cond:
             self._runs[handle] = run_id
+
+    def reopened(self, handle: str) -> None:
+        """A resumed trial: its metrics at steps its run already has are dropped, not logged twice.
+
+        A trial restored with its experiment resumes from Tune's last recorded checkpoint, which can
+        be older than the last epoch it logged before the driver died; it re-runs those epochs
+        (identically on CPU: the checkpoint holds the random state), and the run keeps the first copy.
+        """
+        with self._cond:
+            self._reopened.add(handle)
+            self._floors.pop(handle, None)
 
     def resolve(self, run_id: str) -> str | None:
         """The MLflow run id behind a handle (None while its run is not created); a run id as is."""
@@ -392,7 +407,13 @@ class StoreWriter:
     def _apply(self, client: MlflowClient, item: _Item) -> None:
         write = item.write
         if write.kind != "create":
-            apply(client, write, self._run_id(client, write.run_id))
+            run_id = self._run_id(client, write.run_id)
+            if write.kind == "metrics" and write.run_id in self._reopened:
+                rows = self._above_floor(client, write.run_id, run_id, write.payload)
+                if not rows:
+                    return
+                write = Write("metrics", write.run_id, rows)
+            apply(client, write, run_id)
             return
         with self._cond:
             if write.run_id in self._runs:  # replayed from a journal, already made
@@ -408,6 +429,16 @@ class StoreWriter:
             self._runs[write.run_id] = run_id
         if self._spool is not None:
             self._spool.resolved(write.run_id, run_id)
+
+    def _above_floor(self, client: MlflowClient, handle: str, run_id: str, rows: tuple[Any, ...]) -> tuple[Any, ...]:
+        with self._cond:
+            floor = self._floors.get(handle)
+        if floor is None:
+            history = client.get_metric_history(run_id, self._step_key) if self._step_key else []
+            floor = max((m.step for m in history), default=-1)
+            with self._cond:
+                self._floors[handle] = floor
+        return tuple(row for row in rows if row[3] > floor)
 
     def _run_id(self, client: MlflowClient, run_id: str) -> str:
         if not is_handle(run_id):

@@ -555,3 +555,22 @@ def test_importing_tracking_pulls_in_neither_ray_nor_torch_nor_mlflow() -> None:
     code = "import sys, wgtune.tracking; print(sorted({'ray', 'torch', 'mlflow'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_resumed_trial_that_re_runs_logged_epochs_keeps_one_copy_of_each(study_dir: Path) -> None:
+    # A driver died after logging epoch 2, but Tune's state knew only the epoch-1 checkpoint:
+    # the restored trial runs epoch 2 again.
+    with tracker_for(study_dir) as first:
+        first.cell_run(WATERBIRDS)
+        handle = first.start_trial(WATERBIRDS.cell_id, "t1", {"lr": 0.1}, "tpe")
+        for step in (1, 2):
+            first.log_epoch(handle, {"val/worst_acc": step / 10, "best/val_worst_acc": step / 10}, step)
+    with tracker_for(study_dir) as relaunched:
+        relaunched.cell_run(WATERBIRDS)
+        handle = relaunched.start_trial(WATERBIRDS.cell_id, "t1", {"lr": 0.1}, "tpe")
+        for step in (2, 3):
+            relaunched.log_epoch(handle, {"val/worst_acc": step / 10 + 0.001, "best/val_worst_acc": step / 10}, step)
+        relaunched.end_trial(handle, "FINISHED", summary={"best/val_worst_acc": 0.3})
+        run_id = relaunched.run_id(handle)
+    history = [(m.step, m.value) for m in client_for(study_dir).get_metric_history(run_id, "val/worst_acc")]
+    assert sorted(history) == [(1, 0.1), (2, 0.2), (3, 0.301)]
