@@ -147,7 +147,6 @@ class Study:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
     import ray
 
-    from wgtune import driver
     from wgtune.tracking import StudyTracker
 
     root = tmp_path_factory.mktemp("faults")
@@ -173,8 +172,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
             patch.setattr(StudyTracker, "start_trial", spy_start)
             patch.setattr(StudyTracker, "end_trial", spy_end)
             faulty = functools.partial(_faulty_trial, root=str(root))
-            patch.setattr(driver, "run_experiment", functools.partial(driver.run_experiment, trial_fn=faulty))
-            launch(load_grid(root / "grid.yaml"), LaunchOptions(progress_every_s=3600), lines.append)
+            launch(load_grid(root / "grid.yaml"), LaunchOptions(progress_every_s=3600), lines.append, trial_fn=faulty)
     finally:
         ray.shutdown()
     return Study(root, lines, events)
