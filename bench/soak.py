@@ -89,7 +89,7 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
         if int(metrics["epoch"]) == at_epoch:
             with open(Path(root) / "faults.jsonl", "a") as faults:
                 faults.write(json.dumps({"trial": trial_id, "attempt": attempt, "fault": fault, "epoch": at_epoch}) + "\n")
-            _fail(fault)
+            inject(fault)
         report(metrics, **kwargs)
 
     tune.report = strike  # this worker process only; put back for the next trial it runs
@@ -99,7 +99,8 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
         tune.report = report
 
 
-def _fail(fault: str) -> None:
+def inject(fault: str) -> None:
+    """Cause `fault` in this trial process: one of FAULTS (the fault tests use it too)."""
     import torch
 
     from trainables.training import DivergedError

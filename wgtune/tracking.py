@@ -356,7 +356,7 @@ class StudyTracker:
                 self._writer.known(handle, run_id)
             for write in unwritten.writes:
                 if write.kind == "metrics":
-                    self._writer.add_metrics(write.run_id, [tuple(row) for row in write.payload])
+                    self._writer.add_metrics(write.run_id, list(write.payload))  # rows are tuples already
                 else:
                     self._writer.add(write, replayed=True)
             # Journalled again by this tracker's own spool, so the old file can go.

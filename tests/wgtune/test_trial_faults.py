@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import pickle
-import signal
 import textwrap
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bench.soak import inject
 from wgtune.grid import load_grid
 from wgtune.searcher import TRIAL_ERROR
 from wgtune.study import LaunchOptions, launch
@@ -60,17 +60,6 @@ def _claim(root: Path, config: dict[str, Any]) -> str | None:
     return None
 
 
-def _fail(fault: str) -> None:
-    import torch
-
-    if fault == "exception":
-        raise RuntimeError("injected fault: the trainable raised")
-    if fault == "oom":
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected fault)")
-    if fault == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _faulty_trial(config: dict[str, Any], cells: Any, root: str) -> None:
     """The real trial, with the fault this trial claimed on its first attempt; each attempt logged."""
     from ray import tune
@@ -96,7 +85,7 @@ def _faulty_trial(config: dict[str, Any], cells: Any, root: str) -> None:
         attempt["epochs"].append(int(metrics["epoch"]))
         log.write_text(json.dumps(attempts))
         if fault in TRANSIENT and len(attempts) == 1 and metrics["epoch"] == 2:
-            _fail(fault)
+            inject(fault)
         report(metrics, **kwargs)
 
     tune.report = faulty_report  # this worker process only; put back for the next trial it runs
