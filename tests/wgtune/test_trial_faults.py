@@ -2,9 +2,10 @@
 of memory and a killed worker on a trial's first attempt, a loss that turns NaN on every attempt, a
 final-seed trial that always fails, and a cell whose every trial fails.
 
-Faults go in through `run_experiment`'s `trial_fn` seam: `_faulty_trial` wraps the real
+Faults go in through `launch`'s `trial_fn` seam: `_faulty_trial` wraps the real
 `wgtune.driver._run_trial`, claims one fault per trial from a list (claim files in the study's
-folder) and logs each attempt's start and epochs, so the tests know which trial got which fault.
+folder) and logs each attempt's start and epochs, so the tests know which trial got which fault;
+`bench.soak.inject` causes the fault.
 """
 
 from __future__ import annotations
