@@ -86,7 +86,7 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
     report = tune.report
 
     def strike(metrics: dict[str, Any], **kwargs: Any) -> None:
-        if int(metrics["epoch"]) == at_epoch:
+        if metrics.get("epoch") == at_epoch:  # an epoch's result (a diverged trial's last one has none)
             with open(Path(root) / "faults.jsonl", "a") as faults:
                 faults.write(json.dumps({"trial": trial_id, "attempt": attempt, "fault": fault, "epoch": at_epoch}) + "\n")
             inject(fault)
@@ -281,8 +281,8 @@ def render(figures: dict[str, Any]) -> str:
         f"| problems (budget, duplicates, RUNNING runs, incomplete histories) | **{len(figures['problems'])}** |",
         "",
         f"**{verdict}.** KILLED runs are those the driver kills cut short: a relaunch closes them and the "
-        "cell runs a new trial in their place; FAILED runs are trials whose every attempt failed, replaced "
-        "by a new trial.",
+        "cell runs a new trial in their place; FAILED runs are trials whose every attempt failed, or whose "
+        "loss diverged (not retried), replaced by a new trial.",
     ]
     lines += [f"- {p}" for p in figures["problems"][:20]]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -25,6 +26,7 @@ from wgtune.cluster import init_ray
 from wgtune.plan import OBJECTIVE_METRIC, PlannedCell, trial_config
 from wgtune.progress import CellProgress, render
 from wgtune.searcher import CellPlan, CellRouter
+from wgtune.tracking_records import DIVERGED_TAG
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
     from wgtune.tracking import StudyTracker
 
 STEP_METRIC = "val/worst_acc"
+DIVERGED = "wgtune/diverged"
+"""The key of the last result of a trial whose loss diverged: the traceback. Such a trial ends
+itself rather than raise, because Tune would retry it from its last checkpoint, with the same
+weights and data order, and it would diverge again."""
 """What ASHA compares at each rung (within a cell): this epoch's validation worst-group accuracy."""
 _OUR_PREFIXES = ("train/", "val/", "test/", "best/")
 
@@ -112,7 +118,7 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
     biggest_first = sorted(cells, key=lambda c: (-c.resources.gpu, -c.resources.cpu))
     plans = [_search_plan(c, settings.n_startup) for c in biggest_first if c.has_work]
     router = CellRouter(plans, metric=OBJECTIVE_METRIC, mode="max",
-                        on_give_up=functools.partial(_cell_failing, key))
+                        on_give_up=functools.partial(_cell_failing, key), failed_key=DIVERGED)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -152,7 +158,7 @@ def _search_plan(cell: PlannedCell, n_startup: int) -> CellPlan:
 
 def _run_trial(config: dict[str, Any], cells: Mapping[str, PlannedCell]) -> None:
     """The Ray function trainable: one `trainables.train` run, reporting every epoch to Tune."""
-    from trainables.training import train
+    from trainables.training import DivergedError, train
 
     planned = cells[config["cell"]]
     settings = trial_config(planned, config["params"], config.get("seed"))
@@ -161,12 +167,16 @@ def _run_trial(config: dict[str, Any], cells: Mapping[str, PlannedCell]) -> None
     def report(metrics: dict[str, float], checkpoint_dir: Path) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    with tempfile.TemporaryDirectory(prefix="wgtune-trial-") as workdir:
-        if checkpoint is None:
-            train(settings, report, workdir=workdir)
-        else:
-            with checkpoint.as_directory() as resume:
-                train(settings, report, workdir=workdir, resume_from=resume)
+    try:
+        with tempfile.TemporaryDirectory(prefix="wgtune-trial-") as workdir:
+            if checkpoint is None:
+                train(settings, report, workdir=workdir)
+            else:
+                with checkpoint.as_directory() as resume:
+                    train(settings, report, workdir=workdir, resume_from=resume)
+    except DivergedError:
+        # Tune's strict metric check wants the searcher's metric in every result.
+        tune.report({OBJECTIVE_METRIC: float("nan"), DIVERGED: traceback.format_exc()})
 
 
 def _resources_of(cells: Mapping[str, PlannedCell]) -> Callable[[dict], PlacementGroupFactory]:
@@ -244,10 +254,11 @@ _SESSIONS: dict[str, _Session] = {}
 
 
 def _cell_failing(key: str, cell: str, failures: int) -> None:
-    """The router gave up on `cell` (its failure cap): mark its progress row."""
+    """The router gave up on `cell` (its failure cap): mark its progress row and its MLflow run."""
     session = _SESSIONS.get(key)
     if session is not None and cell in session.rows:
         session.rows[cell].failing = True
+        session.tracker.mark_failing(cell, failures)
 
 
 class _SessionCallback(Callback):
@@ -292,11 +303,18 @@ class _TrackingCallback(_SessionCallback):
         self._start(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
+        if DIVERGED in result:
+            return  # not an epoch: the run ends FAILED with it in on_trial_complete
         metrics = {k: v for k, v in result.items() if k.startswith(_OUR_PREFIXES) or k == "lr"}
         self.tracker.log_epoch(self._run(trial), metrics, step=int(result.get("epoch", result["training_iteration"])))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        summary = {k: v for k, v in (trial.last_result or {}).items() if k.startswith("best/")}
+        result = trial.last_result or {}
+        if DIVERGED in result:
+            self.tracker.end_trial(self._run(trial), "FAILED", error=_diverged_text(trial),
+                                   tags={**_attempts(trial, 1), DIVERGED_TAG: "true"})
+            return
+        summary = {k: v for k, v in result.items() if k.startswith("best/")}
         self.tracker.end_trial(self._run(trial), "FINISHED", summary=summary, tags=_attempts(trial, 1))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
@@ -340,6 +358,12 @@ class _ProgressCallback(_SessionCallback):
         row = self.rows[trial.config["cell"]]
         row.running -= 1
         result = trial.last_result or {}
+        if DIVERGED in result:
+            row.failed += 1
+            then = "no more trials for this cell" if row.failing else "a new trial replaces it"
+            self.print_line(f"[diverged] {row.label}: trial {trial.trial_id}: {_last_line(result[DIVERGED])}; "
+                            f"not retried (it would diverge again from its checkpoint); {then}")
+            return
         if trial.config.get("phase") == "final":
             row.final += 1
             self.print_line(f"[final {row.final}/{row.final_budget}] {row.label}: seed {trial.config['seed']} "
@@ -401,6 +425,13 @@ def _error_text(trial: Trial, retrying: bool) -> str:
     return f"attempt {trial.num_failures}{total} failed; {then}\n\n" + "\n\n".join(_failures(trial))
 
 
+def _diverged_text(trial: Trial) -> str:
+    """What the run of a diverged trial records: why there was no retry, then the traceback."""
+    return ("the training loss diverged; not retried: a retry resumes from the last checkpoint with the same "
+            "weights and data order and diverges again. TPE counts the configuration as failed.\n\n"
+            + trial.last_result[DIVERGED])
+
+
 def _attempts(trial: Trial, running: int = 0) -> dict[str, str]:
     """The run's `wgtune.attempts` tag: attempts so far (the failed ones, plus one that just finished)."""
     return {"wgtune.attempts": str(trial.num_failures + running)}
@@ -408,7 +439,12 @@ def _attempts(trial: Trial, running: int = 0) -> dict[str, str]:
 
 def _last_error(trial: Trial) -> str:
     """The latest attempt's exception in one line: a traceback's last line (a dead worker's is long)."""
-    lines = _failures(trial)[0].splitlines()
+    return _last_line(_failures(trial)[0])
+
+
+def _last_line(text: str) -> str:
+    """A traceback's last line, the exception, cut to one screen line."""
+    lines = text.strip().splitlines()
     line = lines[-1].strip() if lines else "unknown error"
     return line if len(line) <= _ONE_LINE else line[:_ONE_LINE - 1] + "…"
 

@@ -36,7 +36,7 @@ class CellPriors:
 
     cell_id: str
     space: SearchSpace
-    observations: tuple[tuple[dict[str, Any], float], ...] = ()
+    observations: tuple[tuple[dict[str, Any], float | None], ...] = ()  # loss None: a diverged configuration
     observed_runs: tuple[str, ...] = ()
     first_points: tuple[dict[str, Any], ...] = ()
     first_params: tuple[dict[str, Any], ...] = ()
@@ -49,6 +49,7 @@ class CellPriors:
         return {
             "cell": self.cell_id,
             "observations": len(self.observations),
+            "diverged_observations": sum(loss is None for _, loss in self.observations),
             "observed_runs": list(self.observed_runs),
             "skipped": [{"run_id": run, "reason": why} for run, why in self.skipped],
             "transfer": {
@@ -77,6 +78,7 @@ def cell_priors(
     """
     own = summaries.get(cell.id)
     history = tuple(own.observations) if own is not None else ()
+    finished = [o for o in history if not o.diverged]  # a diverged point must not widen the box
     skipped: list[tuple[str, str]] = []
     neighbours: list[Neighbour] = []
     if settings.transfer == "neighbours":
@@ -85,14 +87,14 @@ def cell_priors(
     narrowed = False
     if sources and settings.narrow == "box":
         points = _top_configs(space, sources, settings.top_k, skipped)
-        points += _fitting(space, history)
+        points += _fitting(space, finished)
         if points:
             space = space.narrow(points, margin=settings.margin)
             narrowed = True
     observations, runs, rejected = _observations(space, history)
     skipped.extend(rejected)
     first: list[dict[str, Any]] = []
-    if not history and sources:
+    if not finished and sources:
         first = list({_key(p): p for p in _top_configs(space, sources, 1, skipped)}.values())
     return CellPriors(
         cell.id,
@@ -128,10 +130,12 @@ def parse_params(space: SearchSpace, logged: Mapping[str, str]) -> dict[str, Any
 def _observations(
     space: SearchSpace, history: Sequence[Observation]
 ) -> tuple[list[tuple[dict[str, Any], float]], list[str], list[tuple[str, str]]]:
-    """Finished trials that fit the space, as (hyperopt vals, loss); the rest with the reason."""
-    observations, runs, skipped = [], [], []
+    """Finished trials that fit the space, as (hyperopt vals, loss), and diverged ones with loss None
+    (TPE ranks a failure below every loss); the rest with the reason."""
+    observations: list[tuple[dict[str, Any], float | None]] = []
+    runs, skipped = [], []
     for obs in history:
-        if obs.value is None or not math.isfinite(obs.value):
+        if not obs.diverged and (obs.value is None or not math.isfinite(obs.value)):
             skipped.append((obs.run_id, "no objective value was logged"))
             continue
         try:
@@ -139,7 +143,7 @@ def _observations(
         except (SpaceError, ValueError) as err:
             skipped.append((obs.run_id, f"outside the current search space: {err}"))
             continue
-        observations.append((vals, -obs.value))  # TPE minimises; we maximise accuracy
+        observations.append((vals, None if obs.diverged else -obs.value))  # TPE minimises; we maximise accuracy
         runs.append(obs.run_id)
     return observations, runs, skipped
 

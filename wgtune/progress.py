@@ -19,7 +19,8 @@ class CellProgress:
     final: int = 0
     final_budget: int = 0
     failing: bool = False
-    """Too many of its trials failed in this launch: it starts no more (see their `wgtune.error`)."""
+    """Too many of its trials failed in the last launch that ran it, which gave up on it (see their
+    `wgtune.error`); the next launch tries it again with a fresh failure cap."""
 
     def record(self, value: float | None) -> None:
         """Count a finished trial and keep the best value."""

@@ -47,7 +47,7 @@ class CellPlan:
     budget: int
     seed: int
     n_startup: int = 5
-    observations: tuple[tuple[dict[str, Any], float], ...] = ()
+    observations: tuple[tuple[dict[str, Any], float | None], ...] = ()  # loss None: a failed configuration
     first_points: tuple[dict[str, Any], ...] = ()
     final_seeds: int = 0
     """Re-trainings of the chosen config to run once the search is spent (the final phase)."""
@@ -259,7 +259,9 @@ class CellRouter(Searcher):
     """Routes suggestions and results by cell; one hyperopt TPE per cell.
 
     `on_give_up(cell, failures)` is told when a cell reaches its failure cap (it travels
-    pickled with the experiment, so a module-level function or a partial of one).
+    pickled with the experiment, so a module-level function or a partial of one). A completed
+    trial whose last result holds `failed_key` failed as well: it ended itself on an error that
+    retrying cannot fix (a diverged loss), so Tune saw no exception.
     """
 
     def __init__(
@@ -269,6 +271,7 @@ class CellRouter(Searcher):
         mode: str = "max",
         max_running_per_cell: int | None = None,
         on_give_up: Callable[[str, int], None] | None = None,
+        failed_key: str | None = None,
     ) -> None:
         if not metric or mode not in ("min", "max"):
             raise ValueError("CellRouter needs a metric name and mode 'min' or 'max'")
@@ -281,6 +284,7 @@ class CellRouter(Searcher):
             raise ValueError(f"duplicate cells in plans: {duplicates}")
         self.max_running_per_cell = max_running_per_cell
         self.on_give_up = on_give_up
+        self.failed_key = failed_key
         self._cells = {p.cell: _Cell(p) for p in plans}
         self._index()
 
@@ -336,6 +340,7 @@ class CellRouter(Searcher):
         name, tid = self._trial_cell[trial_id]
         cell = self._cells[name]
         gave_up = cell.gave_up
+        error = error or bool(self.failed_key and result and result.get(self.failed_key))
         if tid is None:  # a final-seed trial: it evaluates the chosen config, it informs no TPE
             cell.finals_running.discard(trial_id)
             if error:

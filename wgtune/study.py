@@ -22,6 +22,7 @@ from wgtune.plan import PlannedCell, plan_cells
 from wgtune.priors import cell_priors
 from wgtune.progress import CellProgress, render
 from wgtune.tracking import CellInfo, StudyTracker
+from wgtune.tracking_records import FAILING_TAG
 from wgtune.tracking_spool import SPOOL_FOLDER
 from wgtune.tracking_store import (
     artifact_root,
@@ -73,17 +74,20 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
             print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
                        "continue from their last epoch" if experiment.restore else
                        f"new Ray experiment, warm-started from MLflow "
-                       f"({sum(len(c.priors.observations) for c in cells if c.priors)} finished trials as observations)")
+                       f"({sum(len(c.priors.observations) for c in cells if c.priors)} earlier trials as observations)")
             _run(grid, cells, tracker, experiment, options, print_line, trial_fn)
             if experiment.restore:
                 # MLflow is the truth: whatever a restored experiment could not bring back (a trial
                 # Tune's last snapshot missed) runs now in a new experiment, warm-started from MLflow.
+                # Not for a cell this launch gave up on: a new experiment would give it a fresh failure cap.
                 cells = _plan_launch(grid, tracker, print_line)
-                missing = sum(c.remaining + c.final_remaining for c in cells)
+                failing = failing_cells(tracker)
+                rerun = [c for c in cells if c.cell.id not in failing]
+                missing = sum(c.remaining + c.final_remaining for c in rerun)
                 if missing:
                     print_line(f"{missing} trial(s) not recovered by the restored experiment: running them in a "
                                "new experiment, warm-started from MLflow")
-                    _run(grid, cells, tracker, Experiment(grid), options, print_line, trial_fn)
+                    _run(grid, rerun, tracker, Experiment(grid), options, print_line, trial_fn)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
         if not _written(tracker, options.store_wait_s, print_line):
@@ -194,6 +198,8 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
     from wgtune.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
 
     search = grid.spec.search
+    if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
+        tracker.clear_failing(c.cell.id for c in cells if c.has_work)
     experiment.begin()
     run_experiment(
         cells,
@@ -303,6 +309,7 @@ def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None)
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
     """One progress row per cell of the grid, counted from the tracking store."""
     summaries = tracker.cell_summaries()
+    failing = failing_cells(tracker)
     rows = {}
     for cell in grid.cells():
         s = summaries.get(cell.id)
@@ -315,8 +322,14 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
             running=s.running if s else 0,
             failed=s.failed if s else 0,
             best=s.best_value if s else None,
+            failing=cell.id in failing,
         )
     return rows
+
+
+def failing_cells(tracker: StudyTracker) -> set[str]:
+    """The cells the last launch that ran them gave up on (too many failed trials)."""
+    return {cell for cell, tags in tracker.cell_tags().items() if FAILING_TAG in tags}
 
 
 def describe(grid: Grid, tracking_uri: str | None = None) -> str:

@@ -27,6 +27,7 @@ from wgtune.tracking_records import (
     CELL_TAG,
     END_STATUSES,
     ERROR_TAG,
+    FAILING_TAG,
     KIND_TAG,
     OBJECTIVE_METRIC,
     RUN_STATUSES,
@@ -163,6 +164,23 @@ class StudyTracker:
         parent_id = self._cell(cell_id).parent_run_id
         text = json.dumps(data, indent=2, sort_keys=True, default=str)
         self._writer.add(Write("text", parent_id, (artifact_file, text)))
+
+    def mark_failing(self, cell_id: str, failures: int) -> None:
+        """Queue the tag that says this launch gave up on the cell (`wgtune status` shows it)."""
+        parent_id = self._cell(cell_id).parent_run_id
+        self._writer.add(Write("tags", parent_id, ((FAILING_TAG, f"gave up after {failures} failed trials"),)))
+
+    def clear_failing(self, cell_ids: Iterable[str]) -> None:
+        """Remove the failing tag of these cells: a new experiment gives each a fresh failure cap."""
+        tagged = {cell for cell, tags in self.cell_tags().items() if FAILING_TAG in tags}
+        parents = [self._cell(cell).parent_run_id for cell in cell_ids if cell in tagged]
+
+        def clear(client: MlflowClient) -> None:
+            for parent_id in parents:
+                client.delete_tag(parent_id, FAILING_TAG)
+
+        if parents:
+            self._call(clear)
 
     def cell_tags(self) -> dict[str, dict[str, str]]:
         """Every cell's parent-run tags (dataset, model, parameter count, ...), by cell id."""
@@ -306,6 +324,9 @@ class StudyTracker:
             finished = [t for t in records if t.status == "FINISHED"]
             observations = tuple(Observation(t.run_id, t.trial_id, t.params, t.metrics.get(metric))
                                  for t in finished)
+            # A diverged configuration failed for good: TPE learns it as its worst observation.
+            observations += tuple(Observation(t.run_id, t.trial_id, t.params, None, diverged=True)
+                                  for t in records if t.status == "FAILED" and t.diverged)
             scored = [o for o in observations if o.value is not None]
             best = max(scored, key=lambda o: sign * o.value) if scored else None  # type: ignore[operator]
             summaries[cell_id] = CellSummary(

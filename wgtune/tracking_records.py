@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 KIND_TAG, CELL_TAG, TRIAL_ID_TAG, ERROR_TAG = "wgtune.kind", "wgtune.cell", "wgtune.trial_id", "wgtune.error"
+DIVERGED_TAG = "wgtune.diverged"  # on a FAILED trial run whose loss diverged: a failed configuration, not a fault
+FAILING_TAG = "wgtune.failing"  # on a cell run the last launch gave up on (too many failed trials)
 OBJECTIVE_METRIC = "best/val_worst_acc"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_STATUSES = ("RUNNING", "SCHEDULED", *END_STATUSES)
@@ -75,16 +77,19 @@ class TrialRecord:
     start_time_ms: int
     end_time_ms: int | None
     error: str | None
+    diverged: bool = False
 
 
 @dataclass(frozen=True)
 class Observation:
-    """A finished trial as a prior: its hyperparameters and its objective value (None if never logged)."""
+    """A finished trial as a prior: its hyperparameters and its objective value (None if never logged).
+    A diverged trial is one too, with `diverged` set: its configuration failed."""
 
     run_id: str
     trial_id: str
     params: Mapping[str, str]
     value: float | None
+    diverged: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,8 @@ def trial_record(run: Run) -> TrialRecord:
         run_name=run.info.run_name or "", status=run.info.status,
         proposal=tags.get("wgtune.proposal", ""), phase=tags.get("wgtune.phase", ""),
         params=dict(run.data.params), metrics=dict(run.data.metrics),
-        start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, error=tags.get(ERROR_TAG))
+        start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, error=tags.get(ERROR_TAG),
+        diverged=tags.get(DIVERGED_TAG) == "true")
 
 
 def metric_rows(run_id: str, metrics: Mapping[str, Any], step: int) -> list[tuple[str, float, int, int]]:

@@ -62,6 +62,24 @@ def test_history_that_no_longer_fits_the_space_is_skipped_with_the_reason():
     assert "256" in reasons["gone"]
 
 
+def test_a_diverged_trial_is_observed_as_a_failure_and_does_not_count_as_history():
+    diverged = Observation("d", "d", obs("d", None, 0.25).params, None, diverged=True)
+    summaries = {MID.id: summary(MID.id, diverged), SMALL.id: summary(SMALL.id, obs("s1", 0.8, 0.03)),
+                 BIG.id: summary(BIG.id, obs("b1", 0.9, 0.01))}
+
+    priors = cell_priors(MID, SPACE, summaries, SIZES, PEERS, PriorSettings(narrow="none", top_k=2))
+
+    [(vals, loss)] = priors.observations
+    assert loss is None and math.isclose(vals["lr"], 0.25), "TPE ranks it below every loss"
+    # No finished history yet, so the neighbours' best still go first.
+    assert [p["lr"] for p in priors.first_params] == [0.03, 0.01]
+
+    boxed = cell_priors(MID, SPACE, summaries, SIZES, PEERS, PriorSettings(narrow="box", top_k=2, margin=0.0))
+    lr = next(d for d in boxed.space.searched() if d.name == "lr")
+    assert lr.args[1] == pytest.approx(0.03), "a diverged lr does not widen the box"
+    assert boxed.observations == () and "outside the current search space" in dict(boxed.skipped)["d"]
+
+
 def test_a_new_cell_first_tries_its_nearest_neighbours_best_configs():
     summaries = {
         SMALL.id: summary(SMALL.id, obs("s1", 0.6, 0.05), obs("s2", 0.8, 0.03)),

@@ -206,6 +206,18 @@ def test_an_errored_trial_is_a_failed_tpe_point_and_gets_a_replacement() -> None
     assert p["started"] - p["errored"] == p["budget"], "exactly the budget completed"
 
 
+def test_a_result_that_says_the_trial_failed_is_an_error_and_gets_a_replacement() -> None:
+    # A diverged trial ends itself (so that Tune does not retry it) with the failed key in its result.
+    router = CellRouter([CellPlan("a", _space(), 1, 0, n_startup=1, max_failed=2)], metric="score",
+                        failed_key="diverged")
+    router.suggest("t0")
+    router.on_trial_complete("t0", {"score": float("nan"), "diverged": "Traceback ... DivergedError"})
+
+    assert router.suggest("t1")["cell"] == "a", "a replacement"
+    assert router.hyperopt_trials("a").trials[0]["result"] == {"status": STATUS_FAIL, "failure": "trial error"}
+    assert router.progress()["a"]["errored"] == 1
+
+
 def test_a_cell_whose_every_trial_fails_gives_up_at_its_cap_and_the_others_go_on() -> None:
     told: list[tuple[str, int]] = []
     plans = [CellPlan("bad", _space(), 2, 0, final_seeds=1), CellPlan("good", _space(), 3, 1)]

@@ -276,6 +276,32 @@ def test_cell_summaries_and_trial_runs_match_what_was_logged(study_dir: Path) ->
         assert tracker.trial_runs(CELEBA.cell_id)[0].metrics == {"best/val_worst_acc": 0.4}
 
 
+def test_a_diverged_trial_is_an_observation_without_a_value_other_failures_are_not(study_dir: Path) -> None:
+    with tracker_for(study_dir) as tracker:
+        tracker.cell_run(WATERBIRDS)
+        diverged = tracker.start_trial(WATERBIRDS.cell_id, "d", {"lr": 10.0}, "tpe")
+        tracker.end_trial(diverged, "FAILED", error="loss nan", tags={"wgtune.diverged": "true"})
+        crashed = tracker.start_trial(WATERBIRDS.cell_id, "c", {"lr": 0.1}, "tpe")
+        tracker.end_trial(crashed, "FAILED", error="worker died")
+
+        [observation] = tracker.cell_summaries()[WATERBIRDS.cell_id].observations
+        assert (observation.trial_id, observation.value, observation.diverged) == ("d", None, True)
+        assert [r.diverged for r in tracker.trial_runs(WATERBIRDS.cell_id)] == [True, False]
+
+
+def test_a_cell_marked_failing_carries_a_tag_until_cleared(study_dir: Path) -> None:
+    with tracker_for(study_dir) as tracker:
+        tracker.cell_run(WATERBIRDS)
+        tracker.cell_run(CELEBA)
+        tracker.mark_failing(WATERBIRDS.cell_id, 3)
+        tags = tracker.cell_tags()
+        assert tags[WATERBIRDS.cell_id]["wgtune.failing"] == "gave up after 3 failed trials"
+        assert "wgtune.failing" not in tags[CELEBA.cell_id]
+
+        tracker.clear_failing([WATERBIRDS.cell_id, CELEBA.cell_id])  # CELEBA has none: nothing to clear
+        assert not [c for c, t in tracker.cell_tags().items() if "wgtune.failing" in t]
+
+
 def test_reading_pages_through_more_runs_than_one_page(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tokens: list[str | None] = []
     search = MlflowClient.search_runs

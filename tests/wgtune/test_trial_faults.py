@@ -1,5 +1,5 @@
 """Trial faults in one real study (local Ray, SQLite MLflow, real trainables): an exception, CUDA out
-of memory and a killed worker on a trial's first attempt, a loss that turns NaN on every attempt, a
+of memory and a killed worker on a trial's first attempt, a loss that diverges (not retried), a
 final-seed trial that always fails, and a cell whose every trial fails.
 
 Faults go in through `launch`'s `trial_fn` seam: `_faulty_trial` wraps the real
@@ -78,11 +78,14 @@ def _faulty_trial(config: dict[str, Any], cells: Any, root: str) -> None:
         raise ValueError("injected bug: every trial of this cell fails")
     if fault == "final":
         raise RuntimeError("injected fault: this final-seed trial always fails")
-    if fault == "nan":  # a real divergence: DivergedError from the training loop, on every attempt
+    if fault == "nan":  # a real divergence: DivergedError from the training loop
         config = {**config, "params": {**config["params"], "lr": 1.0e6, "optimizer": "sgd"}}
     report = tune.report
 
     def faulty_report(metrics: dict[str, Any], **kwargs: Any) -> None:
+        if "epoch" not in metrics:  # a diverged trial's last result, not an epoch
+            report(metrics, **kwargs)
+            return
         attempt["epochs"].append(int(metrics["epoch"]))
         log.write_text(json.dumps(attempts))
         if fault in TRANSIENT and len(attempts) == 1 and metrics["epoch"] == 2:
@@ -194,24 +197,41 @@ def test_a_transient_fault_is_logged_failed_then_resumed_from_its_checkpoint(stu
                for line in study.lines)
 
 
-def test_a_loss_that_diverges_on_every_attempt_fails_the_trial_and_tpe_learns_it(study: Study) -> None:
+def test_a_diverged_loss_fails_the_trial_at_once_and_tpe_learns_it(study: Study) -> None:
     run = study.run_of("nan")
     trial_id = run.data.tags["wgtune.trial_id"]
 
-    assert study.events[trial_id] == ["RUNNING", "FAILED", "RUNNING", "FAILED"]
-    assert (run.info.status, run.data.tags["wgtune.attempts"]) == ("FAILED", "2")
+    # No retry: it would resume from the same checkpoint, with the same data order, and diverge again.
+    assert study.events[trial_id] == ["RUNNING", "FAILED"]
+    assert len(study.attempts[trial_id]) == 1
+    assert (run.info.status, run.data.tags["wgtune.attempts"], run.data.tags["wgtune.diverged"]) == ("FAILED", "1", "true")
     error = study.error_file(run)
-    assert error.startswith("attempt 2 of 2 failed; no retries left")
-    assert error.count("DivergedError: training loss became") == 2, "both attempts, latest first"
-    assert error.index("Failure # 2") < error.index("Failure # 1")
-    assert [a["epochs"] for a in study.attempts[trial_id]] == [[], []]
-    assert any(line.startswith("[failed]") and trial_id in line and "after 2 attempts" in line
+    assert error.startswith("the training loss diverged; not retried")
+    assert error.count("DivergedError: training loss became") == 1
+    assert run.data.tags["wgtune.error"].startswith("the training loss diverged")
+    assert study.steps(run) == [], "the diverged epoch is not logged as one"
+    assert any(line.startswith("[diverged]") and trial_id in line and "not retried" in line
                and "a new trial replaces it" in line for line in study.lines)
     # The router's state as Tune saved it (CellRouter.save): a failed point to TPE, not a good one.
     [saved] = (study.root / "study" / "ray").glob("faults-*/searcher-state-*.pkl")
     state = pickle.loads(saved.read_bytes())
     [doc] = [d for d in state["cells"][DRO]["docs"] if d["misc"].get("ray_trial_id") == trial_id]
     assert doc["result"] == {"status": "fail", "failure": TRIAL_ERROR}
+
+
+def test_the_next_launch_starts_tpe_knowing_the_diverged_configuration(study: Study) -> None:
+    from wgtune.study import prepare
+    from wgtune.tracking import StudyTracker
+
+    run = study.run_of("nan")
+    grid = load_grid(study.root / "grid.yaml")
+    with StudyTracker(f"sqlite:///{study.root / 'study' / 'mlflow.db'}", "faults") as tracker:
+        [dro] = [c for c in prepare(grid, tracker, register=False) if c.cell.id == DRO]
+    assert run.info.run_id in dro.priors.observed_runs
+    losses = dict(zip(dro.priors.observed_runs, (loss for _, loss in dro.priors.observations)))
+    assert losses[run.info.run_id] is None, "a failure to TPE, ranked below every loss"
+    assert sum(loss is not None for loss in losses.values()) == 2, "and the two finished trials"
+    assert dro.priors.describe()["diverged_observations"] == 1, "priors.json says so"
 
 
 def test_every_cell_ends_with_exactly_its_budget_of_finished_trials(study: Study) -> None:
@@ -245,3 +265,15 @@ def test_a_cell_whose_every_trial_fails_stops_at_its_cap_and_the_study_goes_on(s
     assert all(len(study.attempts[r.data.tags["wgtune.trial_id"]]) == 2 for r in runs)
     assert sum("no more trials for this cell" in line for line in study.lines) == 1
     assert "FAILING" in study.table_row("resnet-10x0.5 · erm")
+
+
+def test_status_shows_the_cell_the_launch_gave_up_on(study: Study) -> None:
+    from wgtune.study import status
+
+    text = status(load_grid(study.root / "grid.yaml"), f"sqlite:///{study.root / 'study' / 'mlflow.db'}")
+
+    [failing] = [line for line in text.splitlines() if "FAILING" in line]
+    assert "resnet-10x0.5 · erm" in failing, "that cell only"
+    [parent] = [r for r in study.client.search_runs([study.runs[0].info.experiment_id], "tags.`wgtune.kind` = 'cell'")
+                if r.data.tags["wgtune.cell"] == BAD]
+    assert parent.data.tags["wgtune.failing"] == "gave up after 3 failed trials"
