@@ -97,9 +97,7 @@ def run_study(folder: Path, trials_per_cell: int, concurrent: int,
     try:
         cells = prepare(grid, tracker)
         assert [c.resources.gpu for c in cells] == sorted(MODELS.values(), reverse=largest_first)
-        settings = RunSettings(storage=str(grid.study_dir / "ray"), name="occupancy", max_concurrent=concurrent,
-                               scheduler="fifo", grace_period=1, max_failures=0, epochs=1, n_startup=3,
-                               progress_every_s=3600.0)
+        settings = RunSettings.for_grid(grid, "occupancy", storage=str(grid.study_dir / "ray"), progress_every_s=3600.0)
         started = time.time()
         run_experiment(cells, tracker, settings, lambda _: None, trial_fn=functools.partial(sleeping_trial,
                                                                                            out=str(records)))

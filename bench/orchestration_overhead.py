@@ -169,8 +169,7 @@ def run_wgtune(folder: Path, trials_per_cell: int, profiler: cProfile.Profile | 
         cells = prepare(grid, tracker)
         tracker.flush()
         prepared = time.perf_counter() - started
-        settings = RunSettings(storage=str(grid.study_dir / "ray"), name="wgtune", max_concurrent=2, scheduler="fifo",
-                               grace_period=1, max_failures=0, epochs=EPOCHS, n_startup=5, progress_every_s=3600.0)
+        settings = RunSettings.for_grid(grid, "wgtune", storage=str(grid.study_dir / "ray"), progress_every_s=3600.0)
         with Clock(writer=True) as clock, profiler or contextlib.nullcontext():
             run_experiment(cells, tracker, settings, lambda line: None, trial_fn=wgtune_trial)
             for planned in cells:

@@ -36,7 +36,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -83,16 +83,31 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
     if fault is None:
         driver._run_trial(config, cells)
         return
-    report = tune.report
 
-    def strike(metrics: dict[str, Any], **kwargs: Any) -> None:
-        if metrics.get("epoch") == at_epoch:  # an epoch's result (a diverged trial's last one has none)
+    def strike(metrics: dict[str, Any]) -> None:
+        if metrics["epoch"] == at_epoch:
             with open(Path(root) / "faults.jsonl", "a") as faults:
                 faults.write(json.dumps({"trial": trial_id, "attempt": attempt, "fault": fault, "epoch": at_epoch}) + "\n")
             inject(fault)
+
+    run_trial_watching(config, cells, strike)
+
+
+def run_trial_watching(config: dict[str, Any], cells: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+    """The real trial (`wgtune.driver._run_trial`), calling `on_epoch(metrics)` before each epoch is
+    reported to Tune: where the soak and the fault tests cause their faults."""
+    from ray import tune
+
+    from wgtune import driver
+
+    report = tune.report
+
+    def watched(metrics: dict[str, Any], **kwargs: Any) -> None:
+        if "epoch" in metrics:  # an epoch's result (a diverged trial's last result is not one)
+            on_epoch(metrics)
         report(metrics, **kwargs)
 
-    tune.report = strike  # this worker process only; put back for the next trial it runs
+    tune.report = watched  # this worker process only; put back for the next trial it runs
     try:
         driver._run_trial(config, cells)
     finally:

@@ -31,6 +31,7 @@ from wgtune.tracking_records import DIVERGED_TAG
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
+    from wgtune.grid import Grid
     from wgtune.tracking import StudyTracker
 
 STEP_METRIC = "val/worst_acc"
@@ -57,6 +58,16 @@ class RunSettings:
     address: str | None = None
     progress_every_s: float = 30.0
     restore: bool = False
+
+    @classmethod
+    def for_grid(cls, grid: Grid, name: str, **overrides: Any) -> RunSettings:
+        """The settings of a grid's `search` block and epochs, under its Tune storage; `overrides`
+        (the CLI's address, a restore, how often to print the table) win."""
+        search = grid.spec.search
+        settings = {"storage": grid.storage, "name": name, "max_concurrent": search.max_concurrent,
+                    "scheduler": search.scheduler, "grace_period": search.grace_period,
+                    "max_failures": search.max_failures, "epochs": grid.spec.epochs, "n_startup": search.n_startup}
+        return cls(**{**settings, **overrides})
 
 
 def run_experiment(

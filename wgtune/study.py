@@ -197,29 +197,12 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
     """Run (or restore) `experiment` until every cell's remaining work is done; record its completion."""
     from wgtune.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
 
-    search = grid.spec.search
     if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
         tracker.clear_failing(c.cell.id for c in cells if c.has_work)
+    settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
+                                    address=options.address, progress_every_s=options.progress_every_s)
     experiment.begin()
-    run_experiment(
-        cells,
-        tracker,
-        RunSettings(
-            storage=experiment.storage,
-            name=experiment.name,
-            restore=experiment.restore,
-            max_concurrent=search.max_concurrent,
-            scheduler=search.scheduler,
-            grace_period=search.grace_period,
-            max_failures=search.max_failures,
-            epochs=grid.spec.epochs,
-            n_startup=search.n_startup,
-            address=options.address,
-            progress_every_s=options.progress_every_s,
-        ),
-        print_line,
-        trial_fn,
-    )
+    run_experiment(cells, tracker, settings, print_line, trial_fn)
     experiment.complete()
 
 

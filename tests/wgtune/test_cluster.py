@@ -79,11 +79,7 @@ def study(tmp_path: Path, *, models: str, resources: str, n: int, concurrent: in
 def run(grid, tracker, cells, trial_fn, *, name: str = "exp") -> dict:
     from wgtune.driver import RunSettings, run_experiment
 
-    search = grid.spec.search
-    settings = RunSettings(storage=grid.storage, name=name,
-                           max_concurrent=search.max_concurrent, scheduler="fifo", grace_period=1,
-                           max_failures=search.max_failures, epochs=grid.spec.epochs, n_startup=search.n_startup,
-                           progress_every_s=3600.0)
+    settings = RunSettings.for_grid(grid, name, scheduler="fifo", progress_every_s=3600.0)
     try:
         progress = run_experiment(cells, tracker, settings, lambda _: None, trial_fn=trial_fn)
         for planned in cells:

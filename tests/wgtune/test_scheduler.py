@@ -249,11 +249,7 @@ def test_a_study_with_asha_stops_trials_early_within_each_cell_and_the_hard_cell
     tracker = StudyTracker(f"sqlite:///{grid.study_dir / 'mlflow.db'}", grid.spec.study, artifact_root(grid.study_dir))
     try:
         cells = prepare(grid, tracker)
-        search = grid.spec.search
-        settings = RunSettings(storage=grid.storage, name="asha", max_concurrent=search.max_concurrent,
-                               scheduler=search.scheduler, grace_period=search.grace_period,
-                               max_failures=search.max_failures, epochs=grid.spec.epochs,
-                               n_startup=search.n_startup, progress_every_s=3600.0)
+        settings = RunSettings.for_grid(grid, "asha", progress_every_s=3600.0)
         progress = run_experiment(cells, tracker, settings, lambda _: None, trial_fn=synthetic_trial)
         for planned in cells:
             tracker.close_cell(planned.cell.id)

@@ -2,8 +2,8 @@
 of memory and a killed worker on a trial's first attempt, a loss that diverges (not retried), a
 final-seed trial that always fails, and a cell whose every trial fails.
 
-Faults go in through `launch`'s `trial_fn` seam: `_faulty_trial` wraps the real
-`wgtune.driver._run_trial`, claims one fault per trial from a list (claim files in the study's
+Faults go in through `launch`'s `trial_fn` seam: `_faulty_trial` runs the real trial
+(`bench.soak.run_trial_watching`), claims one fault per trial from a list (claim files in the study's
 folder) and logs each attempt's start and epochs, so the tests know which trial got which fault;
 `bench.soak.inject` causes the fault.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bench.soak import inject
+from bench.soak import inject, run_trial_watching
 from wgtune.grid import load_grid
 from wgtune.searcher import TRIAL_ERROR
 from wgtune.study import LaunchOptions, launch
@@ -65,8 +65,6 @@ def _faulty_trial(config: dict[str, Any], cells: Any, root: str) -> None:
     """The real trial, with the fault this trial claimed on its first attempt; each attempt logged."""
     from ray import tune
 
-    from wgtune import driver
-
     folder = Path(root)
     log = folder / f"attempts-{tune.get_context().get_trial_id()}.json"
     attempts = json.loads(log.read_text()) if log.exists() else []
@@ -80,23 +78,14 @@ def _faulty_trial(config: dict[str, Any], cells: Any, root: str) -> None:
         raise RuntimeError("injected fault: this final-seed trial always fails")
     if fault == "nan":  # a real divergence: DivergedError from the training loop
         config = {**config, "params": {**config["params"], "lr": 1.0e6, "optimizer": "sgd"}}
-    report = tune.report
 
-    def faulty_report(metrics: dict[str, Any], **kwargs: Any) -> None:
-        if "epoch" not in metrics:  # a diverged trial's last result, not an epoch
-            report(metrics, **kwargs)
-            return
+    def on_epoch(metrics: dict[str, Any]) -> None:
         attempt["epochs"].append(int(metrics["epoch"]))
         log.write_text(json.dumps(attempts))
         if fault in TRANSIENT and len(attempts) == 1 and metrics["epoch"] == 2:
             inject(fault)
-        report(metrics, **kwargs)
 
-    tune.report = faulty_report  # this worker process only; put back for the next trial it runs
-    try:
-        driver._run_trial(config, cells)
-    finally:
-        tune.report = report
+    run_trial_watching(config, cells, on_epoch)
 
 
 class Study:
