@@ -46,6 +46,8 @@ MAKEFILE = ROOT / "Makefile"
 
 RAY_NODES = ("ray-head", "ray-worker", "driver")
 WGTUNE_SERVICES = ("mlflow", *RAY_NODES)
+RAY_AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+RAY_TEST_TOKEN = "only-for-the-test-token"  # what docker/.env holds in these checks
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|(^|_)KEY$", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 
@@ -259,8 +261,8 @@ def _env_example() -> dict[str, str]:
 
 
 def _compose_env() -> dict[str, str]:
-    """What a user's docker/.env would hold: the example, with the required password set."""
-    return {**_env_example(), "POSTGRES_PASSWORD": "only-for-the-test"}
+    """What a user's docker/.env would hold: the example, with the required secrets set."""
+    return {**_env_example(), "POSTGRES_PASSWORD": "only-for-the-test", "RAY_AUTH_TOKEN": RAY_TEST_TOKEN}
 
 
 def _compose() -> dict[str, Any]:
@@ -342,6 +344,61 @@ def test_compose_without_the_password_fails_with_a_message() -> None:
     env = {k: v for k, v in _compose_env().items() if k != "POSTGRES_PASSWORD"}
     with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD: set it in docker/.env"):
         _interpolate(_compose(), env)
+
+
+def _ray_token_use(service: dict[str, Any]) -> re.Match[str] | None:
+    """The ${RAY_AUTH_TOKEN...} a service's RAY_AUTH_TOKEN is, if it is that and nothing else."""
+    value = _environment(service).get("RAY_AUTH_TOKEN", "")
+    match = _INTERPOLATION.fullmatch(value)
+    return match if match and match.group("braced") == "RAY_AUTH_TOKEN" else None
+
+
+def test_compose_ray_nodes_and_the_driver_run_with_token_authentication() -> None:
+    """Every Ray node and the driver (a Ray client) set RAY_AUTH_MODE=token, the same on every node
+    as Ray requires, and take one token from a required ${RAY_AUTH_TOKEN:?...}."""
+    services = _compose()["services"]
+    for name in RAY_NODES:
+        assert _environment(services[name]).get("RAY_AUTH_MODE") == "token", name
+        use = _ray_token_use(services[name])
+        assert use, f"{name}: RAY_AUTH_TOKEN must be ${{RAY_AUTH_TOKEN:?...}}, nothing else"
+        assert use.group("op") == ":?" and use.group("arg").strip(), \
+            f"{name}: the token is required (unset or empty fails, with a message), never defaulted"
+    resolved = _resolved()["services"]
+    assert {name: {k: _environment(resolved[name]).get(k) for k in RAY_AUTH} for name in RAY_NODES} == \
+        {name: {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TEST_TOKEN} for name in RAY_NODES}
+    # The driver keeps its own settings next to the token's (its `environment` merges both).
+    assert _environment(resolved["driver"])["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_compose_gives_the_ray_token_to_no_other_service() -> None:
+    services = _resolved()["services"]
+    others = {name: [k for k in _environment(service) if k.startswith("RAY_AUTH")]
+              for name, service in services.items() if name not in RAY_NODES}
+    assert others == {"postgres": [], "mlflow": []}
+    assert not [f"{name}: {where}" for name, service in services.items() if name not in RAY_NODES
+                for where, text in _strings(service) if RAY_TEST_TOKEN in text]
+
+
+def test_compose_without_the_ray_token_fails_with_a_message() -> None:
+    """Unset, or empty as .env.example leaves it: Compose stops before starting anything, with a
+    message saying how to make a token."""
+    unset = {k: v for k, v in _compose_env().items() if k != "RAY_AUTH_TOKEN"}
+    assert _env_example()["RAY_AUTH_TOKEN"] == ""
+    for env in (unset, {**_compose_env(), "RAY_AUTH_TOKEN": ""}):
+        with pytest.raises(MissingVariable, match=r"^RAY_AUTH_TOKEN: set it in docker/\.env; ") as error:
+            _interpolate(_compose(), env)
+    # The two ways the message offers to make a token work: Ray's own command (parsed, not run: it
+    # would write ~/.ray/auth_token) and the one-liner, run, which prints a token of Ray's shape.
+    from ray.scripts.scripts import get_auth_token
+
+    message = str(error.value)
+    [ray_command] = re.findall(r"`(ray [^`]+)`", message)
+    words = shlex.split(ray_command)
+    assert words[:2] == ["ray", "get-auth-token"] and "--generate" in words
+    assert get_auth_token.make_context("ray get-auth-token", words[2:]).params == {"generate": True}
+    [one_liner] = re.findall(r'python3 -c "([^"]+)"', message)
+    run = subprocess.run([sys.executable, "-c", one_liner], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}\n", run.stdout), run.stdout + run.stderr
 
 
 def test_compose_publishes_ports_on_loopback_only() -> None:
@@ -506,6 +563,40 @@ def test_compose_implementation_refuses_the_file_without_the_database_password(t
     run = subprocess.run([*_compose_cli(), "-f", str(COMPOSE), "config"], capture_output=True, text=True,
                          env={**env, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}, cwd=tmp_path)
     assert run.returncode != 0 and "POSTGRES_PASSWORD" in run.stdout + run.stderr
+
+
+def _compose_cli_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`config` of the file, with the driver profile, in a Compose implementation and no container
+    engine, with the variables in `env` only: not a docker/.env of yours (an empty --env-file
+    replaces it), nor Ray token settings of your shell."""
+    no_env_file = tmp_path / "empty.env"
+    no_env_file.write_text("")
+    shell = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return subprocess.run([*_compose_cli(), "-f", str(COMPOSE), "--env-file", str(no_env_file),
+                           "--profile", "driver", "config"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**shell, **env, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+
+
+def test_compose_implementation_gives_the_ray_token_to_the_ray_services_only(tmp_path: Path) -> None:
+    """A real loader resolves the shared token settings (an anchor, merged into the driver's own
+    environment) as this file's checks read them."""
+    run = _compose_cli_config(tmp_path, _compose_env())
+    assert run.returncode == 0, run.stderr
+    services = yaml.safe_load(run.stdout)["services"]
+    auth = {name: {k: v for k, v in _environment(service).items() if k.startswith("RAY_AUTH")}
+            for name, service in services.items()}
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TEST_TOKEN}
+    assert auth == {"postgres": {}, "mlflow": {}, **{name: token for name in RAY_NODES}}
+    assert _environment(services["driver"])["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_compose_implementation_refuses_the_file_without_the_ray_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in _compose_env().items() if k != "RAY_AUTH_TOKEN"}
+    for unset_or_empty in (env, {**env, "RAY_AUTH_TOKEN": ""}):
+        run = _compose_cli_config(tmp_path, unset_or_empty)
+        output = run.stdout + run.stderr
+        assert run.returncode != 0, output
+        assert "RAY_AUTH_TOKEN" in output and "ray get-auth-token --generate" in output, "with its message"
 
 
 # === docker/Dockerfile and /.dockerignore ====================================================
@@ -688,8 +779,8 @@ def test_ray_cluster_config_passes_rays_schema_and_checks() -> None:
 
 def test_ray_cluster_installs_as_the_makefile_does() -> None:
     config = _ray_cluster()
-    [(remote, local)] = config["file_mounts"].items()
-    assert local == ".", "the repository (`ray up` runs from its root)"
+    # The repository (`ray up` runs from its root); the other mount is Ray's token file.
+    [remote] = [remote for remote, local in config["file_mounts"].items() if local == "."]
     assert ".gitignore" in config["rsync_filter"], "keep .venv, studies and data off the nodes"
     commands = [c for script in config["setup_commands"] for c in _shell_commands(script)]
     for make_step in _makefile_install_commands():
@@ -711,6 +802,51 @@ def test_ray_cluster_keeps_the_dashboard_and_ports_private() -> None:
     ranges = [r["CidrIp"] for p in config["provider"]["security_group"]["IpPermissions"]
               for r in p.get("IpRanges", [])]
     assert ranges and "0.0.0.0/0" not in ranges
+
+
+def test_ray_cluster_turns_token_authentication_on_for_every_node(tmp_path: Path) -> None:
+    """RAY_AUTH_MODE=token in every node's login shell (where Ray runs `ray start` and `ray exec`),
+    and the token file `ray get-auth-token --generate` writes, copied to where Ray reads it."""
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path
+
+    config = _ray_cluster()
+    # The token: ~/.ray/auth_token here -> ~/.ray/auth_token on the head, and from there on the
+    # workers (`ray up` rewrites the head's file_mounts to its own copies).
+    tokens = {remote: local for remote, local in config["file_mounts"].items()
+              if "auth_token" in remote + local}
+    assert tokens == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert Path(os.path.expanduser("~/.ray/auth_token")) == _get_default_token_path()
+    # The mode: set in setup_commands, which run on the head and on every worker; nowhere else,
+    # and never to another value.
+    modes = [(where, value) for where, text in _strings(config)
+             for value in re.findall(r"""RAY_AUTH_MODE=["']?(\w*)""", text)]
+    assert modes and {value for _, value in modes} == {"token"}, modes
+    assert all(where.startswith(".setup_commands[") for where, _ in modes), modes
+    assert sum(text.count("RAY_AUTH_MODE") for _, text in _strings(config)) == len(modes), \
+        "RAY_AUTH_MODE is only ever set, and to token"
+    auth_setup = [c for c in config["setup_commands"] if "RAY_AUTH_MODE" in c or "auth_token" in c]
+    # Run those commands, twice (`ray up` re-runs them), in a scratch home where file_mounts has put
+    # the token: a login shell then has the mode, from one line, and the token is the user's alone.
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("synced")
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    for _ in range(2):
+        for command in auth_setup:
+            run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env)
+            assert run.returncode == 0, command + run.stderr
+    shell = subprocess.run(["bash", "-c", "source ~/.bashrc; printenv RAY_AUTH_MODE"], capture_output=True,
+                           text=True, env=env)
+    assert shell.stdout == "token\n", shell.stdout + shell.stderr
+    assert (home / ".bashrc").read_text().count("RAY_AUTH_MODE") == 1
+    assert (home / ".ray" / "auth_token").stat().st_mode & 0o777 == 0o600
+
+
+def test_ray_cluster_holds_no_literal_token() -> None:
+    """The token reaches the nodes as a file only: no RAY_AUTH_TOKEN, no token-like string."""
+    texts = [f"{where}: {text}" for where, text in _strings(_ray_cluster())]
+    assert [t for t in texts if "RAY_AUTH_TOKEN" in t] == []
+    assert [t for t in texts if re.search(r"[0-9a-fA-F]{32}|[A-Za-z0-9+/_-]{40}", t)] == []
 
 
 # === docker/kuberay-raycluster.yaml ==========================================================
@@ -790,3 +926,34 @@ def test_kuberay_runs_the_image_with_shared_storage_and_gpus() -> None:
         else:
             assert not [e for e in env if e.startswith("MLFLOW")], "workers never talk to MLflow"
             assert container["resources"]["limits"].get("nvidia.com/gpu"), f"{name}: no GPU limit"
+
+
+def test_kuberay_head_and_workers_take_the_ray_token_from_one_secret() -> None:
+    """Every Ray container sets RAY_AUTH_MODE=token and reads RAY_AUTH_TOKEN from the same key of
+    the same Secret, which the file says how to create; no literal token, no second token source."""
+    spec = _kuberay()["RayCluster"]["spec"]
+    # KubeRay's authOptions would make the operator create a Secret and token of its own.
+    assert "authOptions" not in spec, "token from our Secret or from authOptions, not both"
+    sources = {}
+    for name, template in _pod_templates(spec).items():
+        [container] = template["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", name
+        assert not [k for k, e in env.items() if SECRET_NAME.search(k) and "value" in e], f"{name}: a literal"
+        assert list(env["RAY_AUTH_TOKEN"]) == ["name", "valueFrom"], name
+        [(kind, ref)] = env["RAY_AUTH_TOKEN"]["valueFrom"].items()
+        assert kind == "secretKeyRef" and not ref.get("optional"), f"{name}: no pod starts without it"
+        sources[name] = (ref["name"], ref["key"])
+    assert set(sources) == {"head", *[g["groupName"] for g in spec["workerGroupSpecs"]]}
+    [(secret, key)] = set(sources.values())
+    comments = re.sub(r"\\\n#\s*", " ", KUBERAY.read_text())  # join continued command lines
+    create = re.search(rf"kubectl create secret generic {re.escape(secret)} .*--from-literal={key}=(.*)$",
+                       comments, re.MULTILINE)
+    assert create, "say how to create the Secret"
+    # The command makes a fresh token (run here), it does not hold one.
+    value = create.group(1)
+    assert value.startswith(('"$(', "$(")), value
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])  # python3: this one
+    run = subprocess.run(["bash", "-c", f"printf %s {value}"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PATH": path})
+    assert run.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", run.stdout), run.stdout + run.stderr
