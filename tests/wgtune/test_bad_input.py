@@ -9,19 +9,27 @@ are imported, the Ray handshake that times out a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
+import secrets
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
 from wgtune.cli import main
+from wgtune.errors import UserError
 
 GRID = """\
 study: bad
@@ -232,6 +240,69 @@ def test_an_address_that_answers_but_is_no_ray_head_is_refused_in_seconds(
     assert_nothing_created(study_folder, {Path("grid.yaml")})
 
 
+TOKEN_REFUSED = Case("Ray head with token authentication refuses this driver", GRID,
+                     ("Ray cluster 127.0.0.1:", "(--address) refused this driver: RPC error: InvalidAuthToken: "
+                      "Authentication token is missing or incorrect", "`RAY_AUTH_TOKEN` environment variable",
+                      "ray get-auth-token --generate"),
+                     args=("--address", "127.0.0.1:{port}"))
+
+
+@contextlib.contextmanager
+def ray_head_with_token(token: str) -> Iterator[int]:
+    """A real `ray start --head` (no CPUs: nothing runs on it) that asks every client for `token`; its port."""
+    port = closed_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's unix socket paths must fit in 107 bytes
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+                             "--num-cpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp_dir}", "--block"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_ray_head_that_wants_a_token_refuses_a_driver_without_it_before_anything_is_made(
+    study_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Token authentication (RAY_AUTH_MODE=token, as docker/ runs the cluster): Ray's own explanation,
+    in seconds; with the cluster's token the same check lets the launch through."""
+    from wgtune.cluster import check_ray
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    token = secrets.token_hex(32)
+    with ray_head_with_token(token) as port:
+        code, err = launch(TOKEN_REFUSED, study_folder, monkeypatch, capsys, port=port)
+
+        assert code == 2
+        for fragment in TOKEN_REFUSED.says:
+            assert fragment in err, f"{fragment!r} not in:\n{err}"
+        assert_nothing_created(study_folder, {Path("grid.yaml")})
+
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        with pytest.raises(UserError, match="refused this driver"):
+            check_ray(f"127.0.0.1:{port}")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+        check_ray(f"127.0.0.1:{port}")  # the cluster's token: no error
+
+
 def doc_rows() -> dict[str, str]:
     """Case -> message, from the table of docs/bad_input.md (cells are HTML-escaped, lines joined by <br>)."""
     rows = {}
@@ -244,7 +315,7 @@ def doc_rows() -> dict[str, str]:
 
 def test_every_case_is_a_row_of_the_docs_with_its_message() -> None:
     rows = doc_rows()
-    for case in [*CASES, NOT_A_HEAD]:
+    for case in [*CASES, NOT_A_HEAD, TOKEN_REFUSED]:
         assert case.name in rows, f"docs/bad_input.md has no row {case.name!r}"
         for fragment in case.says:
             assert fragment in rows[case.name], f"docs/bad_input.md, row {case.name!r}: {fragment!r} not in the message"
