@@ -35,11 +35,11 @@ if TYPE_CHECKING:
     from wgtune.tracking import StudyTracker
 
 STEP_METRIC = "val/worst_acc"
+"""What ASHA compares at each rung (within a cell): this epoch's validation worst-group accuracy."""
 DIVERGED = "wgtune/diverged"
 """The key of the last result of a trial whose loss diverged: the traceback. Such a trial ends
 itself rather than raise, because Tune would retry it from its last checkpoint, with the same
 weights and data order, and it would diverge again."""
-"""What ASHA compares at each rung (within a cell): this epoch's validation worst-group accuracy."""
 _OUR_PREFIXES = ("train/", "val/", "test/", "best/")
 
 

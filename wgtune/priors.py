@@ -129,7 +129,7 @@ def parse_params(space: SearchSpace, logged: Mapping[str, str]) -> dict[str, Any
 
 def _observations(
     space: SearchSpace, history: Sequence[Observation]
-) -> tuple[list[tuple[dict[str, Any], float]], list[str], list[tuple[str, str]]]:
+) -> tuple[list[tuple[dict[str, Any], float | None]], list[str], list[tuple[str, str]]]:
     """Finished trials that fit the space, as (hyperopt vals, loss), and diverged ones with loss None
     (TPE ranks a failure below every loss); the rest with the reason."""
     observations: list[tuple[dict[str, Any], float | None]] = []

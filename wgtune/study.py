@@ -22,7 +22,6 @@ from wgtune.plan import PlannedCell, plan_cells
 from wgtune.priors import cell_priors
 from wgtune.progress import CellProgress, render
 from wgtune.tracking import CellInfo, StudyTracker
-from wgtune.tracking_records import FAILING_TAG
 from wgtune.tracking_spool import SPOOL_FOLDER
 from wgtune.tracking_store import (
     artifact_root,
@@ -81,7 +80,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                 # Tune's last snapshot missed) runs now in a new experiment, warm-started from MLflow.
                 # Not for a cell this launch gave up on: a new experiment would give it a fresh failure cap.
                 cells = _plan_launch(grid, tracker, print_line)
-                failing = failing_cells(tracker)
+                failing = tracker.failing_cells()
                 rerun = [c for c in cells if c.cell.id not in failing]
                 missing = sum(c.remaining + c.final_remaining for c in rerun)
                 if missing:
@@ -292,7 +291,7 @@ def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None)
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
     """One progress row per cell of the grid, counted from the tracking store."""
     summaries = tracker.cell_summaries()
-    failing = failing_cells(tracker)
+    failing = tracker.failing_cells()
     rows = {}
     for cell in grid.cells():
         s = summaries.get(cell.id)
@@ -308,11 +307,6 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
             failing=cell.id in failing,
         )
     return rows
-
-
-def failing_cells(tracker: StudyTracker) -> set[str]:
-    """The cells the last launch that ran them gave up on (too many failed trials)."""
-    return {cell for cell, tags in tracker.cell_tags().items() if FAILING_TAG in tags}
 
 
 def describe(grid: Grid, tracking_uri: str | None = None) -> str:

@@ -170,9 +170,13 @@ class StudyTracker:
         parent_id = self._cell(cell_id).parent_run_id
         self._writer.add(Write("tags", parent_id, ((FAILING_TAG, f"gave up after {failures} failed trials"),)))
 
+    def failing_cells(self) -> set[str]:
+        """The cells the last launch that ran them gave up on (`mark_failing`, not cleared since)."""
+        return {cell for cell, tags in self.cell_tags().items() if FAILING_TAG in tags}
+
     def clear_failing(self, cell_ids: Iterable[str]) -> None:
         """Remove the failing tag of these cells: a new experiment gives each a fresh failure cap."""
-        tagged = {cell for cell, tags in self.cell_tags().items() if FAILING_TAG in tags}
+        tagged = self.failing_cells()
         parents = [self._cell(cell).parent_run_id for cell in cell_ids if cell in tagged]
 
         def clear(client: MlflowClient) -> None:

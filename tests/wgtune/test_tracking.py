@@ -286,7 +286,7 @@ def test_a_diverged_trial_is_an_observation_without_a_value_other_failures_are_n
 
         [observation] = tracker.cell_summaries()[WATERBIRDS.cell_id].observations
         assert (observation.trial_id, observation.value, observation.diverged) == ("d", None, True)
-        assert [r.diverged for r in tracker.trial_runs(WATERBIRDS.cell_id)] == [True, False]
+        assert {r.trial_id: r.diverged for r in tracker.trial_runs(WATERBIRDS.cell_id)} == {"d": True, "c": False}
 
 
 def test_a_cell_marked_failing_carries_a_tag_until_cleared(study_dir: Path) -> None:
@@ -294,12 +294,12 @@ def test_a_cell_marked_failing_carries_a_tag_until_cleared(study_dir: Path) -> N
         tracker.cell_run(WATERBIRDS)
         tracker.cell_run(CELEBA)
         tracker.mark_failing(WATERBIRDS.cell_id, 3)
-        tags = tracker.cell_tags()
-        assert tags[WATERBIRDS.cell_id]["wgtune.failing"] == "gave up after 3 failed trials"
-        assert "wgtune.failing" not in tags[CELEBA.cell_id]
+        assert tracker.cell_tags()[WATERBIRDS.cell_id]["wgtune.failing"] == "gave up after 3 failed trials"
+        assert tracker.failing_cells() == {WATERBIRDS.cell_id}
 
         tracker.clear_failing([WATERBIRDS.cell_id, CELEBA.cell_id])  # CELEBA has none: nothing to clear
-        assert not [c for c, t in tracker.cell_tags().items() if "wgtune.failing" in t]
+        assert tracker.failing_cells() == set()
+        assert "wgtune.failing" not in tracker.cell_tags()[WATERBIRDS.cell_id]
 
 
 def test_reading_pages_through_more_runs_than_one_page(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

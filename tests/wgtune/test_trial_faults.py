@@ -241,6 +241,10 @@ def test_a_final_seed_trial_that_fails_is_replaced_on_its_seed(study: Study) -> 
     assert failed.info.status == "FAILED" and study.events[failed.data.tags["wgtune.trial_id"]] == [
         "RUNNING", "FAILED", "RUNNING", "FAILED"]
     assert "injected fault: this final-seed trial always fails" in failed.data.tags["wgtune.error"]
+    error = study.error_file(failed)
+    assert error.startswith("attempt 2 of 2 failed; no retries left")
+    assert error.count("RuntimeError: injected fault: this final-seed trial always fails") == 2, "both attempts"
+    assert error.index("Failure # 2") < error.index("Failure # 1"), "latest first"
     assert finished.data.params["seed"] == failed.data.params["seed"]
     assert study.steps(finished) == [1, 2, 3]
 
