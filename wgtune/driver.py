@@ -163,7 +163,7 @@ def _search_plan(cell: PlannedCell, n_startup: int) -> CellPlan:
         observations=priors.observations if priors else (),
         first_points=priors.first_points if priors else (),
         final_seeds=cell.final_remaining,
-        final_offset=cell.final_finished,
+        final_offset=cell.final_finished + cell.final_diverged,
     )
 
 
@@ -371,7 +371,10 @@ class _ProgressCallback(_SessionCallback):
         result = trial.last_result or {}
         if DIVERGED in result:
             row.failed += 1
-            then = "no more trials for this cell" if row.failing else "a new trial replaces it"
+            if trial.config.get("phase") == "final":
+                then = f"seed {trial.config['seed']} stays diverged (re-training it would diverge again)"
+            else:
+                then = "no more trials for this cell" if row.failing else "a new trial replaces it"
             self.print_line(f"[diverged] {row.label}: trial {trial.trial_id}: {_last_line(result[DIVERGED])}; "
                             f"not retried (it would diverge again from its checkpoint); {then}")
             return

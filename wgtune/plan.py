@@ -32,6 +32,8 @@ class PlannedCell:
     priors: CellPriors | None = None
     final_seeds: int = 0
     final_finished: int = 0
+    final_diverged: int = 0
+    """Final seeds on which the chosen config diverged: done, and never re-trained (it would again)."""
 
     @property
     def remaining(self) -> int:
@@ -41,7 +43,7 @@ class PlannedCell:
     @property
     def final_remaining(self) -> int:
         """Final-seed re-trainings of the chosen config still to run (after the search)."""
-        return max(self.final_seeds - self.final_finished, 0)
+        return max(self.final_seeds - self.final_finished - self.final_diverged, 0)
 
     @property
     def has_work(self) -> bool:
@@ -69,6 +71,7 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> 
                 seed=cell.seed(grid.spec.search.seed),
                 final_seeds=grid.spec.final_seeds,
                 final_finished=history[cell.id].final_finished if cell.id in history else 0,
+                final_diverged=history[cell.id].final_diverged if cell.id in history else 0,
             )
         )
     return plans

@@ -212,6 +212,9 @@ def build_report(cells: Sequence[CellRow], trials: Sequence[TrialRecord], expect
 def _row(cell: CellRow, trials: list[TrialRecord], confidence: float) -> ReportRow:
     search = [t for t in trials if t.phase != "final"]
     final, notes = _one_per_seed([t for t in trials if t.phase == "final" and t.status == "FINISHED"])
+    diverged = sorted({t.params.get("seed", "?") for t in trials if t.phase == "final" and t.diverged})
+    if diverged:
+        notes.append(f"the chosen config diverged on final seed(s) {', '.join(diverged)}: not in the mean")
     chosen = select_trial(search)
     base: dict[str, Any] = dict(
         cell_id=cell.cell_id, dataset=cell.dataset, model=cell.model, family=cell.family,

@@ -52,7 +52,7 @@ class CellPlan:
     final_seeds: int = 0
     """Re-trainings of the chosen config to run once the search is spent (the final phase)."""
     final_offset: int = 0
-    """Final seeds finished in earlier launches: seed numbering continues after them."""
+    """Final seeds done in earlier launches (finished or diverged): seed numbering continues after them."""
     max_failed: int | None = None
     """Failed trials (search and final) after which the cell gives up; None: `budget + final_seeds`."""
 
@@ -102,6 +102,7 @@ class _Cell:
         self.finals: dict[str, int] = {}  # ray trial id -> final seed, for the final phase
         self.finals_running: set[str] = set()
         self.finals_failed: set[str] = set()
+        self.finals_diverged: set[str] = set()  # done: the chosen config diverges on that seed, and would again
         self.trials = Trials()
         self._check_points()
         docs = [self._doc(tid, vals) for tid, (vals, _) in enumerate(plan.observations)]
@@ -261,7 +262,8 @@ class CellRouter(Searcher):
     `on_give_up(cell, failures)` is told when a cell reaches its failure cap (it travels
     pickled with the experiment, so a module-level function or a partial of one). A completed
     trial whose last result holds `failed_key` failed as well: it ended itself on an error that
-    retrying cannot fix (a diverged loss), so Tune saw no exception.
+    retrying cannot fix (a diverged loss), so Tune saw no exception. Such a search trial is replaced;
+    such a final-seed trial is that seed's result, and its seed is not re-trained.
     """
 
     def __init__(
@@ -340,13 +342,15 @@ class CellRouter(Searcher):
         name, tid = self._trial_cell[trial_id]
         cell = self._cells[name]
         gave_up = cell.gave_up
-        error = error or bool(self.failed_key and result and result.get(self.failed_key))
+        failed_itself = bool(self.failed_key and result and result.get(self.failed_key))
         if tid is None:  # a final-seed trial: it evaluates the chosen config, it informs no TPE
             cell.finals_running.discard(trial_id)
-            if error:
+            if failed_itself:  # that seed's result: re-training it would fail the same way
+                cell.finals_diverged.add(trial_id)
+            elif error:
                 cell.finals_failed.add(trial_id)
         else:
-            self._complete_search(cell, cell.by_tid[tid], trial_id, result, error)
+            self._complete_search(cell, cell.by_tid[tid], trial_id, result, error or failed_itself)
         if cell.gave_up and not gave_up and self.on_give_up is not None:
             self.on_give_up(name, cell.failures)
 
@@ -393,6 +397,7 @@ class CellRouter(Searcher):
                 "final_started": len(cell.finals),
                 "final_running": len(cell.finals_running),
                 "final_failed": len(cell.finals_failed),
+                "final_diverged": len(cell.finals_diverged),
                 "observed": len(cell.plan.observations),
                 "gave_up": cell.gave_up,
                 "best": None if best is None else (-best if self._mode == "max" else best),
@@ -411,6 +416,7 @@ class CellRouter(Searcher):
                     "finals": dict(cell.finals),
                     "finals_running": sorted(cell.finals_running),
                     "finals_failed": sorted(cell.finals_failed),
+                    "finals_diverged": sorted(cell.finals_diverged),
                 }
                 for name, cell in self._cells.items()
             },
@@ -437,6 +443,7 @@ class CellRouter(Searcher):
             cell.finals = dict(saved[name].get("finals", {}))
             cell.finals_running = set(saved[name].get("finals_running", ()))
             cell.finals_failed = set(saved[name].get("finals_failed", ()))
+            cell.finals_diverged = set(saved[name].get("finals_diverged", ()))
         self._index()
 
     def save(self, checkpoint_path: str) -> None:

@@ -340,7 +340,8 @@ class StudyTracker:
                 killed=sum(t.status == "KILLED" for t in records),
                 best_value=best.value if best else None, best_run_id=best.run_id if best else None,
                 observations=observations,
-                final_finished=sum(t.phase == "final" and t.status == "FINISHED" for t in every))
+                final_finished=sum(t.phase == "final" and t.status == "FINISHED" for t in every),
+                final_diverged=sum(t.phase == "final" and t.status == "FAILED" and t.diverged for t in every))
         return summaries
 
     # -- the writer -------------------------------------------------------------------------

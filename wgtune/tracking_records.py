@@ -107,6 +107,7 @@ class CellSummary:
     best_run_id: str | None = None
     observations: tuple[Observation, ...] = ()
     final_finished: int = 0
+    final_diverged: int = 0
 
 
 def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -128,6 +129,20 @@ def test_seed_statistics_equal_hand_computation(study: StudyReport) -> None:
     assert row.disparity.mean == pytest.approx(sum(ratios) / 3, rel=1e-12)
     assert row.disparity.std == pytest.approx(float(np.std(ratios, ddof=1)), rel=1e-9)
     assert row.disparity.mean != pytest.approx(worst.mean / row.test_avg.mean, rel=1e-6)  # not a ratio of means
+
+
+def test_a_final_seed_that_diverged_is_named_and_left_out_of_the_mean() -> None:
+    cell = CellRow("d/m1/erm", "d", "m1", "resnet", 1_000_000, "erm", False)
+    params = {"lr": "0.012", "batch_size": "64"}
+    trials = [trial(cell.cell_id, params=params, val_worst=0.8),
+              final(cell.cell_id, 0, 0.70, 0.90, 0.93, params=params),
+              final(cell.cell_id, 1, 0.74, 0.92, 0.94, params=params),
+              dataclasses.replace(final(cell.cell_id, 2, 0.0, 0.0, 0.0, "FAILED", params=params), diverged=True)]
+
+    [row] = build_report([cell], trials).rows
+
+    assert row.n_seeds == 2 and row.test_worst is not None and row.test_worst.mean == pytest.approx(0.72)
+    assert row.notes == ("the chosen config diverged on final seed(s) 2: not in the mean",)
 
 
 def test_estimate_of_one_value_has_no_interval_and_confidence_is_used() -> None:

@@ -63,7 +63,7 @@ def test_running_cap_returns_none_then_resumes() -> None:
     assert router.suggest("t6") is None
     assert router.progress()["a"] == {
         "started": 2, "finished": 1, "failed": 0, "errored": 0, "running": 1, "budget": 2, "final_started": 0,
-        "final_running": 0, "final_failed": 0, "observed": 0, "gave_up": False, "best": 1.0,
+        "final_running": 0, "final_failed": 0, "final_diverged": 0, "observed": 0, "gave_up": False, "best": 1.0,
     }
     router.on_trial_complete("t3", {"score": 1.0})
     router.on_trial_complete("t5", {"score": 1.0})
@@ -267,6 +267,28 @@ def test_a_failed_final_seed_is_retrained_on_the_same_seed() -> None:
     p = router.progress()["a"]
     assert (p["final_started"], p["final_failed"]) == (3, 1)
     # The finished seeds are the first two of the sequence, so a later launch continues after them.
+    later = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=1, final_offset=2)],
+                       metric="score")
+    assert later.suggest("l0")["seed"] not in {first["seed"], second["seed"]}
+
+
+def test_a_final_seed_that_diverged_is_that_seeds_result_and_is_not_retrained(tmp_path: Path) -> None:
+    history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
+    router = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=2)], metric="score",
+                        failed_key="diverged")
+    first, second = router.suggest("f0"), router.suggest("f1")
+    router.on_trial_complete("f0", {"score": float("nan"), "diverged": "DivergedError"})
+    router.on_trial_complete("f1", {"score": 0.5})
+
+    assert router.suggest("f2") == FINISHED, "the same seed would diverge again: no re-training"
+    p = router.progress()["a"]
+    assert (p["final_started"], p["final_failed"], p["final_diverged"], p["gave_up"]) == (2, 0, 1, False)
+    router.save(str(tmp_path / "state.pkl"))
+    restored = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=2)], metric="score",
+                          failed_key="diverged")
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert restored.progress()["a"]["final_diverged"] == 1 and restored.suggest("f3") == FINISHED
+    # A later launch with one more seed counts the diverged one as used: seed numbering goes on after both.
     later = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=1, final_offset=2)],
                        metric="score")
     assert later.suggest("l0")["seed"] not in {first["seed"], second["seed"]}

@@ -284,9 +284,15 @@ def test_a_diverged_trial_is_an_observation_without_a_value_other_failures_are_n
         crashed = tracker.start_trial(WATERBIRDS.cell_id, "c", {"lr": 0.1}, "tpe")
         tracker.end_trial(crashed, "FAILED", error="worker died")
 
-        [observation] = tracker.cell_summaries()[WATERBIRDS.cell_id].observations
+        final = tracker.start_trial(WATERBIRDS.cell_id, "f", {"lr": 0.05, "seed": 3}, "final", phase="final")
+        tracker.end_trial(final, "FAILED", error="loss nan", tags={"wgtune.diverged": "true"})
+
+        summary = tracker.cell_summaries()[WATERBIRDS.cell_id]
+        [observation] = summary.observations
         assert (observation.trial_id, observation.value, observation.diverged) == ("d", None, True)
-        assert {r.trial_id: r.diverged for r in tracker.trial_runs(WATERBIRDS.cell_id)} == {"d": True, "c": False}
+        assert (summary.failed, summary.final_finished, summary.final_diverged) == (2, 0, 1)
+        assert {r.trial_id: r.diverged for r in tracker.trial_runs(WATERBIRDS.cell_id)} == {
+            "d": True, "c": False, "f": True}
 
 
 def test_a_cell_marked_failing_carries_a_tag_until_cleared(study_dir: Path) -> None:
