@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tests.wgtune.studies import StudyRun, planned_study, run_study
+
 pytestmark = pytest.mark.slow
 
 NODES, GPUS_PER_NODE, CPUS_PER_NODE = 2, 2, 4
@@ -65,30 +67,16 @@ def study(tmp_path: Path, *, models: str, resources: str, n: int, concurrent: in
           retries: int = 0, extra: str = "") -> tuple[Any, Any, list]:
     """A grid in `tmp_path`, its StudyTracker on a fresh SQLite store, and its planned cells."""
     from wgtune.grid import load_grid
-    from wgtune.study import prepare
-    from wgtune.tracking import StudyTracker, artifact_root
 
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(GRID.format(models=models, resources=resources, n=n, concurrent=concurrent,
                                                 epochs=epochs, retries=retries, extra=extra)))
     grid = load_grid(path)
-    tracker = StudyTracker(f"sqlite:///{grid.study_dir / 'mlflow.db'}", grid.spec.study, artifact_root(grid.study_dir))
-    return grid, tracker, prepare(grid, tracker)
+    return (grid, *planned_study(grid))
 
 
-def run(grid, tracker, cells, trial_fn, *, name: str = "exp") -> dict:
-    from wgtune.driver import RunSettings, run_experiment
-
-    settings = RunSettings.for_grid(grid, name, scheduler="fifo", progress_every_s=3600.0)
-    try:
-        progress = run_experiment(cells, tracker, settings, lambda _: None, trial_fn=trial_fn)
-        for planned in cells:
-            tracker.close_cell(planned.cell.id)
-        tracker.flush()
-        runs = tracker.trial_runs()
-    finally:
-        tracker.close()
-    return {"progress": progress, "runs": runs, "uri": tracker.uri}
+def run(grid, tracker, cells, trial_fn, *, name: str = "exp") -> StudyRun:
+    return run_study(grid, tracker, cells, trial_fn, name=name, scheduler="fifo")
 
 
 def where_am_i() -> dict[str, Any]:
@@ -182,8 +170,8 @@ def test_half_gpu_trials_pack_four_per_two_gpus_on_every_node(cluster, tmp_path)
         assert len(r["gpus"]) == 1 and r["cuda_visible"] == r["gpus"][0]
         assert not r["mlflow_loaded"], "a trial process imported MLflow: only the driver may talk to the store"
     check_capacity(recs)
-    assert result["progress"][cells[0].cell.id].finished == total
-    assert len(result["runs"]) == total and {t.status for t in result["runs"]} == {"FINISHED"}
+    assert result.progress[cells[0].cell.id].finished == total
+    assert len(result.runs) == total and {t.status for t in result.runs} == {"FINISHED"}
 
 
 def test_whole_and_fractional_gpu_cells_share_the_cluster_within_capacity(cluster, tmp_path):
@@ -219,8 +207,8 @@ def test_whole_and_fractional_gpu_cells_share_the_cluster_within_capacity(cluste
     assert mixed, "no whole-GPU trial ever ran beside a fractional one"
     assert peak >= 3, f"at most {peak} of {NODES * GPUS_PER_NODE} GPUs were ever in use"
     assert len({r["node"] for r in recs}) == NODES
-    assert all(row.finished == 4 for row in result["progress"].values())
-    assert len(result["runs"]) == 12 and {t.status for t in result["runs"]} == {"FINISHED"}
+    assert all(row.finished == 4 for row in result.progress.values())
+    assert len(result.runs) == 12 and {t.status for t in result.runs} == {"FINISHED"}
 
 
 def test_resolve_device_auto_is_cpu_without_cuda_and_cuda_fails_loudly():
@@ -297,8 +285,8 @@ def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_on_another_node(clu
     assert first["node"] == removed[0] and retry["node"] != first["node"]
     assert retry["resumed_from"] == 2 and retry["checkpoint_node"] == first["node"]
     assert Path(retry["checkpoint_path"]).is_relative_to(storage)
-    (trial_run,) = result["runs"]  # one MLflow run for the trial, across both nodes
+    (trial_run,) = result.runs  # one MLflow run for the trial, across both nodes
     assert trial_run.status == "FINISHED"
-    history = MlflowClient(result["uri"]).get_metric_history(trial_run.run_id, "val/worst_acc")
+    history = MlflowClient(result.uri).get_metric_history(trial_run.run_id, "val/worst_acc")
     assert sorted(m.step for m in history) == [1, 2, 3]
-    assert result["progress"][cells[0].cell.id].finished == 1
+    assert result.progress[cells[0].cell.id].finished == 1

@@ -25,6 +25,7 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from tests.wgtune.studies import planned_study, run_study
 from wgtune.driver import STEP_METRIC, CellASHA, RunSettings, _scheduler
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -238,27 +239,16 @@ def test_a_study_with_asha_stops_trials_early_within_each_cell_and_the_hard_cell
         tmp_path: Path, ray_local: None) -> None:
     from mlflow import MlflowClient
 
-    from wgtune.driver import run_experiment
     from wgtune.grid import load_grid
-    from wgtune.study import prepare
-    from wgtune.tracking import StudyTracker, artifact_root
 
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(GRID))
     grid = load_grid(path)
-    tracker = StudyTracker(f"sqlite:///{grid.study_dir / 'mlflow.db'}", grid.spec.study, artifact_root(grid.study_dir))
-    try:
-        cells = prepare(grid, tracker)
-        settings = RunSettings.for_grid(grid, "asha", progress_every_s=3600.0)
-        progress = run_experiment(cells, tracker, settings, lambda _: None, trial_fn=synthetic_trial)
-        for planned in cells:
-            tracker.close_cell(planned.cell.id)
-        tracker.flush()
-        runs = tracker.trial_runs()
-    finally:
-        tracker.close()
+    tracker, cells = planned_study(grid)
+    done = run_study(grid, tracker, cells, synthetic_trial, name="asha")
+    progress, runs = done.progress, done.runs
 
-    client = MlflowClient(tracker.uri)
+    client = MlflowClient(done.uri)
     model_of = {c.cell.id: c.cell.model for c in cells}
     # Per cell (by model): each trial's val/worst_acc, epoch by epoch, as MLflow holds it.
     curves: dict[str, list[list[float]]] = {HARD_MODEL: [], EASY_MODEL: []}

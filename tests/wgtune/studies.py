@@ -1,0 +1,46 @@
+"""Test helper: a grid's study run through the real driver, tracker and router with a stand-in
+trial, without `launch`'s checks; what MLflow holds afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from wgtune.grid import Grid
+    from wgtune.plan import PlannedCell
+    from wgtune.progress import CellProgress
+    from wgtune.tracking import StudyTracker, TrialRecord
+
+
+@dataclass
+class StudyRun:
+    progress: dict[str, CellProgress]
+    runs: list[TrialRecord]
+    uri: str
+
+
+def planned_study(grid: Grid) -> tuple[StudyTracker, list[PlannedCell]]:
+    """The grid's StudyTracker on a fresh SQLite store in its study folder, and its planned cells."""
+    from wgtune.study import prepare
+    from wgtune.tracking import StudyTracker, artifact_root
+
+    tracker = StudyTracker(f"sqlite:///{grid.study_dir / 'mlflow.db'}", grid.spec.study, artifact_root(grid.study_dir))
+    return tracker, prepare(grid, tracker)
+
+
+def run_study(grid: Grid, tracker: StudyTracker, cells: list[PlannedCell], trial_fn: Callable[..., None], *,
+              name: str, **settings: Any) -> StudyRun:
+    """Run every cell with `trial_fn`, close the cells and the tracker; `settings` override the grid's."""
+    from wgtune.driver import RunSettings, run_experiment
+
+    try:
+        progress = run_experiment(cells, tracker, RunSettings.for_grid(grid, name, progress_every_s=3600.0, **settings),
+                                  lambda _: None, trial_fn=trial_fn)
+        for planned in cells:
+            tracker.close_cell(planned.cell.id)
+        tracker.flush()
+        runs = tracker.trial_runs()
+    finally:
+        tracker.close()
+    return StudyRun(progress, runs, tracker.uri)
