@@ -236,16 +236,22 @@ def check(workdir: Path, cells: list[str], trials: int, final_seeds: int, epochs
     trial_ids = collections.Counter(r.data.tags["wgtune.trial_id"] for r in runs)
     problems += [f"trial {t} has {n} runs" for t, n in trial_ids.items() if n > 1]
     problems += [f"run {r.info.run_name} is RUNNING" for r in runs if r.info.status == "RUNNING"]
+    diverged_finals = 0
     for cell in cells:
         mine = [r for r in runs if r.data.tags["wgtune.cell"] == cell and r.info.status == "FINISHED"]
         search = [r for r in mine if r.data.tags["wgtune.phase"] != "final"]
         final = [r for r in mine if r.data.tags["wgtune.phase"] == "final"]
+        # A seed the chosen config diverged on is done: that seed's result, never re-trained.
+        diverged = [r for r in runs if r.data.tags["wgtune.cell"] == cell and r.data.tags["wgtune.phase"] == "final"
+                    and r.info.status == "FAILED" and r.data.tags.get("wgtune.diverged") == "true"]
         if len(search) != trials:
             problems.append(f"{cell}: {len(search)} finished search trials, budget {trials}")
-        if len(final) != final_seeds:
-            problems.append(f"{cell}: {len(final)} finished final seeds, expected {final_seeds}")
-        seeds = collections.Counter(r.data.params.get("seed") for r in final)
-        problems += [f"{cell}: seed {s} finished {n} times" for s, n in seeds.items() if n > 1]
+        if len(final) + len(diverged) != final_seeds:
+            problems.append(f"{cell}: {len(final)} finished and {len(diverged)} diverged final seeds, "
+                            f"expected {final_seeds}")
+        seeds = collections.Counter(r.data.params.get("seed") for r in final + diverged)
+        problems += [f"{cell}: seed {s} done {n} times" for s, n in seeds.items() if n > 1]
+        diverged_finals += len(diverged)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     for run in finished:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/worst_acc")]
@@ -265,6 +271,7 @@ def check(workdir: Path, cells: list[str], trials: int, final_seeds: int, epochs
     return {
         "runs": len(runs), "statuses": dict(statuses), "faults": len(faults),
         "faults_by_kind": dict(collections.Counter(f["fault"] for f in faults)),
+        "diverged_finals": diverged_finals,
         "retried_and_finished": sum(int(r.data.tags.get("wgtune.attempts", "1")) > 1 for r in finished),
         "reported_finished": len(reported), "lost": len(lost), "problems": problems,
     }
@@ -289,6 +296,7 @@ def render(figures: dict[str, Any]) -> str:
         f"| launch exits, in order | {' '.join(figures['exits'])} |",
         f"| trial runs in MLflow | {figures['runs']} ({statuses}) |",
         f"| faults injected | {figures['faults']} ({kinds}) |",
+        f"| final seeds the chosen config diverged on (done, not re-trained) | {figures['diverged_finals']} |",
         f"| trials that finished after a failed attempt (retried from their checkpoint) | "
         f"{figures['retried_and_finished']} |",
         f"| search trials the drivers reported finished | {figures['reported_finished']} |",
