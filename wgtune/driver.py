@@ -84,7 +84,7 @@ def run_experiment(
     by_id = {c.cell.id: c for c in cells}
     init_ray(settings.address)
     progress = {
-        c.cell.id: CellProgress(c.cell.label, c.budget, finished=c.finished, final=c.final_finished,
+        c.cell.id: CellProgress(c.cell.label, c.budget, finished=c.finished, final=c.final_finished + c.final_diverged,
                                 final_budget=c.final_seeds)
         for c in cells
     }
@@ -372,6 +372,7 @@ class _ProgressCallback(_SessionCallback):
         if DIVERGED in result:
             row.failed += 1
             if trial.config.get("phase") == "final":
+                row.final += 1  # done: that seed's result
                 then = f"seed {trial.config['seed']} stays diverged (re-training it would diverge again)"
             else:
                 then = "no more trials for this cell" if row.failing else "a new trial replaces it"

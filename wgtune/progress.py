@@ -17,6 +17,7 @@ class CellProgress:
     failed: int = 0
     best: float | None = None
     final: int = 0
+    """Final seeds done: finished, or diverged (that seed's result, never re-trained)."""
     final_budget: int = 0
     failing: bool = False
     """Too many of its trials failed in the last launch that ran it, which gave up on it (see their

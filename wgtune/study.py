@@ -299,7 +299,7 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
             cell.label,
             grid.spec.search.num_samples,
             final_budget=grid.spec.final_seeds,
-            final=s.final_finished if s else 0,
+            final=s.final_finished + s.final_diverged if s else 0,
             finished=s.finished if s else 0,
             running=s.running if s else 0,
             failed=s.failed if s else 0,

@@ -1,4 +1,5 @@
-"""plan_cells: what a launch still has to run per cell, counted from MLflow's history."""
+"""plan_cells: what a launch still has to run per cell, counted from MLflow's history; `wgtune status`
+counts the same way."""
 
 from __future__ import annotations
 
@@ -35,3 +36,22 @@ def test_remaining_work_counts_finished_trials_and_diverged_final_seeds(tmp_path
     assert (planned.remaining, planned.final_remaining) == (1, 1)
     done = {cell.id: CellSummary(cell.id, "parent", finished=4, final_finished=2, final_diverged=1)}
     assert not plan_cells(grid, done)[0].has_work
+
+
+def test_status_counts_a_diverged_final_seed_as_done_and_as_failed(tmp_path: Path) -> None:
+    from wgtune.study import cell_info, status_rows
+    from wgtune.tracking import StudyTracker
+
+    (tmp_path / "grid.yaml").write_text(GRID)
+    grid = load_grid(tmp_path / "grid.yaml")
+    [planned] = plan_cells(grid)
+    with StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "plan") as tracker:
+        tracker.cell_run(cell_info(planned))
+        final = tracker.start_trial(planned.cell.id, "f", {"lr": 0.05, "seed": 3}, "final", phase="final")
+        tracker.end_trial(final, "FAILED", error="loss nan", tags={"wgtune.diverged": "true"})
+
+        [row] = status_rows(grid, tracker).values()
+        [replanned] = plan_cells(grid, tracker.cell_summaries())
+
+    assert (row.final, row.final_budget, row.failed) == (1, 3, 0), "failed counts search trials only"
+    assert replanned.final_remaining == 2
