@@ -4,7 +4,7 @@
 
 `ray.cluster_utils.Cluster` starts a head that runs no trials and two worker nodes declaring
 2 GPUs and 8 CPUs each (the GPUs do not exist; Ray schedules them as real ones). The study is the
-real driver (`wgtune.driver.run_experiment`: the grid's per-model resources, the CellRouter, the
+real driver (`wgtune.run.driver.run_experiment`: the grid's per-model resources, the CellRouter, the
 StudyTracker on SQLite) with a synthetic trial (`trial_fn`) that sleeps 2-6 s, its length drawn
 from its hyperparameters, and records when it ran and on which node and GPU ids. Four cells ask
 for 0.25, 0.5, 1 and 2 GPUs per trial (1 CPU each), so whole and fractional trials compete.
@@ -78,10 +78,10 @@ def sleeping_trial(config: dict, cells: dict, *, out: str) -> None:
 
 def run_study(folder: Path, trials_per_cell: int, concurrent: int,
               largest_first: bool) -> tuple[list[dict[str, Any]], float]:
-    from wgtune.driver import RunSettings, run_experiment
-    from wgtune.grid import load_grid
-    from wgtune.study import prepare
-    from wgtune.tracking import StudyTracker, artifact_root
+    from wgtune.run.driver import RunSettings, run_experiment
+    from wgtune.spec.grid import load_grid
+    from wgtune.run.study import prepare
+    from wgtune.tracking.tracker import StudyTracker, artifact_root
 
     folder.mkdir(parents=True)
     grid_file = folder / "grid.yaml"

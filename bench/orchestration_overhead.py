@@ -8,8 +8,8 @@ ones (`train/loss`, `val|test/{avg,worst,weighted}_acc`, `val|test/acc_g0..3`, `
 - bare: `tune.Tuner`, function trainable, random search (`tune.loguniform`/`choice`),
   `max_concurrent_trials=2`, no callbacks of ours (Tune's default CSV/JSON/TensorBoard result
   loggers stay on, as they do under wgtune);
-- wgtune: `wgtune.driver.run_experiment(trial_fn=<the no-op>)` on 4 cells x 10 trials planned by
-  `wgtune.study.prepare` from a grid file, with the real `CellRouter` (a TPE per cell) and a real
+- wgtune: `wgtune.run.driver.run_experiment(trial_fn=<the no-op>)` on 4 cells x 10 trials planned by
+  `wgtune.run.study.prepare` from a grid file, with the real `CellRouter` (a TPE per cell) and a real
   `StudyTracker` on a fresh SQLite store (parent run per cell, child run per trial, params, metrics);
 - context: bare with Tune's default loggers off, and bare plus Tune's stock `MLflowLoggerCallback`
   to SQLite (once: it is slow).
@@ -148,10 +148,10 @@ def run_callback(folder: Path, trials: int) -> tuple[Clock, str]:
 
 
 def run_wgtune(folder: Path, trials_per_cell: int, profiler: cProfile.Profile | None = None) -> tuple[Clock, float, str]:
-    from wgtune.driver import RunSettings, run_experiment
-    from wgtune.grid import load_grid
-    from wgtune.study import prepare
-    from wgtune.tracking import StudyTracker, artifact_root
+    from wgtune.run.driver import RunSettings, run_experiment
+    from wgtune.spec.grid import load_grid
+    from wgtune.run.study import prepare
+    from wgtune.tracking.tracker import StudyTracker, artifact_root
 
     folder.mkdir(parents=True, exist_ok=True)
     grid_file = folder / "grid.yaml"

@@ -94,7 +94,7 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
 
 
 def run_trial_watching(config: dict[str, Any], cells: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
-    """The real trial (`wgtune.driver._run_trial`), calling `on_epoch(metrics)` before each epoch is
+    """The real trial (`wgtune.run.driver._run_trial`), calling `on_epoch(metrics)` before each epoch is
     reported to Tune: where the soak and the fault tests cause their faults."""
     from ray import tune
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from bench.machine import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tracking_overhead.md"
-from wgtune.tracking import CellInfo, StudyTracker, artifact_root  # noqa: E402
+from wgtune.tracking.tracker import CellInfo, StudyTracker, artifact_root  # noqa: E402
 
 CELL = CellInfo("waterbirds/resnet-18/groupdro/scratch", "waterbirds", "resnet", "18", "resnet-18",
                 11_200_000, "groupdro", False)

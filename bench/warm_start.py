@@ -87,11 +87,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from hyperopt import __version__ as HYPEROPT_VERSION  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
-from wgtune.grid import Cell, PriorSettings  # noqa: E402
-from wgtune.priors import CellPriors, cell_priors  # noqa: E402
-from wgtune.searcher import CellPlan, CellRouter  # noqa: E402
-from wgtune.spaces import SearchSpace, load_space  # noqa: E402
-from wgtune.tracking_records import CellSummary, Observation, loggable_params  # noqa: E402
+from wgtune.spec.grid import Cell, PriorSettings  # noqa: E402
+from wgtune.search.priors import CellPriors, cell_priors  # noqa: E402
+from wgtune.search.router import CellPlan, CellRouter  # noqa: E402
+from wgtune.spec.spaces import SearchSpace, load_space  # noqa: E402
+from wgtune.tracking.records import CellSummary, Observation, loggable_params  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "warm_start.md"
 METRIC = "best/val_worst_acc"
@@ -220,7 +220,7 @@ def summary(model: str, trace: list[tuple[dict[str, Any], float]], role: str) ->
 
 
 def plan_of(model: str, priors: CellPriors, budget: int, plan_seed: int) -> CellPlan:
-    """As `wgtune.driver._search_plan` builds it."""
+    """As `wgtune.run.driver._search_plan` builds it."""
     return CellPlan(cell(model).id, priors.space.to_hyperopt(), budget, plan_seed, N_STARTUP,
                     observations=priors.observations, first_points=priors.first_points)
 

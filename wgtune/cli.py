@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable, ClassVar, Sequence
 
-from wgtune.errors import user_errors
+from wgtune.spec.errors import user_errors
 
 
 class Command:

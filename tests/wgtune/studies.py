@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from wgtune.grid import Grid
-    from wgtune.plan import PlannedCell
-    from wgtune.progress import CellProgress
-    from wgtune.tracking import StudyTracker, TrialRecord
+    from wgtune.spec.grid import Grid
+    from wgtune.run.plan import PlannedCell
+    from wgtune.run.progress import CellProgress
+    from wgtune.tracking.tracker import StudyTracker, TrialRecord
 
 
 @dataclass
@@ -22,8 +22,8 @@ class StudyRun:
 
 def planned_study(grid: Grid) -> tuple[StudyTracker, list[PlannedCell]]:
     """The grid's StudyTracker on a fresh SQLite store in its study folder, and its planned cells."""
-    from wgtune.study import prepare
-    from wgtune.tracking import StudyTracker, artifact_root
+    from wgtune.run.study import prepare
+    from wgtune.tracking.tracker import StudyTracker, artifact_root
 
     tracker = StudyTracker(f"sqlite:///{grid.study_dir / 'mlflow.db'}", grid.spec.study, artifact_root(grid.study_dir))
     return tracker, prepare(grid, tracker)
@@ -32,7 +32,7 @@ def planned_study(grid: Grid) -> tuple[StudyTracker, list[PlannedCell]]:
 def run_study(grid: Grid, tracker: StudyTracker, cells: list[PlannedCell], trial_fn: Callable[..., None], *,
               name: str, **settings: Any) -> StudyRun:
     """Run every cell with `trial_fn`, close the cells and the tracker; `settings` override the grid's."""
-    from wgtune.driver import RunSettings, run_experiment
+    from wgtune.run.driver import RunSettings, run_experiment
 
     try:
         progress = run_experiment(cells, tracker, RunSettings.for_grid(grid, name, progress_every_s=3600.0, **settings),

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import pytest
 
 from wgtune.cli import main
-from wgtune.errors import UserError
+from wgtune.spec.errors import UserError
 
 GRID = """\
 study: bad
@@ -282,7 +282,7 @@ def test_a_ray_head_that_wants_a_token_refuses_a_driver_without_it_before_anythi
 ) -> None:
     """Token authentication (RAY_AUTH_MODE=token, as docker/ runs the cluster): Ray's own explanation,
     in seconds; with the cluster's token the same check lets the launch through."""
-    from wgtune.cluster import check_ray
+    from wgtune.run.cluster import check_ray
 
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)

@@ -29,8 +29,8 @@ class LaunchCommand(Command):
                             help="how often to print the per-cell table while running")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.grid import load_grid
-        from wgtune.study import LaunchOptions, describe, launch
+        from wgtune.spec.grid import load_grid
+        from wgtune.run.study import LaunchOptions, describe, launch
 
         grid = load_grid(args.grid)
         if args.dry_run:

@@ -18,8 +18,8 @@ class PriorsCommand(Command):
                             help="only cells whose id matches this shell pattern, e.g. '*/resnet-18/*'")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.grid import load_grid
-        from wgtune.study import priors_report
+        from wgtune.spec.grid import load_grid
+        from wgtune.run.study import priors_report
 
         print(priors_report(load_grid(args.grid), args.tracking_uri, args.cell))
         return 0

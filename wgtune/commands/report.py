@@ -18,8 +18,8 @@ class ReportCommand(Command):
         parser.add_argument("--out", type=Path, default=None, help="folder for the report (default: <study_dir>/report)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.grid import load_grid
-        from wgtune.study import report
+        from wgtune.spec.grid import load_grid
+        from wgtune.run.study import report
 
         files = report(load_grid(args.grid), args.out, args.tracking_uri)
         print("\n".join(str(path) for path in files))

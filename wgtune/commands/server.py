@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from wgtune.cli import Command
 from wgtune.commands.ui import LOOPBACK, _url_host
-from wgtune.tracking_store import sqlite_path
+from wgtune.tracking.store import sqlite_path
 
 DEFAULT_DIR = "wgtune_server"
 """Where the default SQLite store and artifact folder live, in the working directory (as `wgtune_studies/`)."""
@@ -57,7 +57,7 @@ class ServerCommand(Command):
                             help="server processes (default 1; each costs ~150 MB and seconds to start)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.errors import UserError
+        from wgtune.spec.errors import UserError
 
         store = backend_store_uri(args.backend_store_uri)
         artifacts = artifacts_destination(args.artifacts_destination)
@@ -92,7 +92,7 @@ class ServerCommand(Command):
 
 def backend_store_uri(given: str | None) -> str:
     """The store's URI with a relative SQLite path made absolute (the server may run elsewhere later)."""
-    from wgtune.tracking_store import absolute_uri
+    from wgtune.tracking.store import absolute_uri
 
     if not given:
         return f"sqlite:///{(Path(DEFAULT_DIR) / 'mlflow.db').resolve()}"
@@ -110,8 +110,8 @@ def artifacts_destination(given: str | None) -> str:
 
 def check_backend(uri: str) -> None:
     """A SQLite file we can create, or a PostgreSQL URI whose driver is installed; anything else is refused."""
-    from wgtune.errors import UserError
-    from wgtune.tracking_store import check_tracking, redact
+    from wgtune.spec.errors import UserError
+    from wgtune.tracking.store import check_tracking, redact
 
     scheme = urlsplit(uri).scheme.lower()
     if scheme not in _DRIVERS:
@@ -133,7 +133,7 @@ def check_backend(uri: str) -> None:
 
 
 def check_basic_auth() -> None:
-    from wgtune.errors import UserError
+    from wgtune.spec.errors import UserError
 
     if importlib.util.find_spec("flask_wtf") is None:
         raise UserError("--basic-auth: MLflow's basic-auth app needs Flask-WTF: pip install Flask-WTF")
@@ -144,7 +144,7 @@ def check_basic_auth() -> None:
 
 def check_port_free(host: str, port: int) -> None:
     """Fail with one message, before MLflow starts, if something already listens there."""
-    from wgtune.errors import UserError
+    from wgtune.spec.errors import UserError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -171,7 +171,7 @@ def server_command(store: str, artifacts: str, host: str, port: int, workers: in
 
 
 def server_banner(store: str, artifacts: str, host: str, port: int) -> str:
-    from wgtune.tracking_store import redact
+    from wgtune.tracking.store import redact
 
     where = _url_host(host)
     where = f"[{where}]" if ":" in where else where

@@ -16,8 +16,8 @@ class StatusCommand(Command):
         add_study_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.grid import load_grid
-        from wgtune.study import status
+        from wgtune.spec.grid import load_grid
+        from wgtune.run.study import status
 
         print(status(load_grid(args.grid), args.tracking_uri))
         return 0

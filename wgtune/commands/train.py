@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from wgtune.cli import Command
-from wgtune.errors import UserError
+from wgtune.spec.errors import UserError
 
 # Flags that map one-to-one onto TrialConfig fields: (flag, field, type, help).
 _FIELDS: tuple[tuple[str, str, type, str], ...] = (

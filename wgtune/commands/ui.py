@@ -26,9 +26,9 @@ class UICommand(Command):
                             help="required to bind anything but loopback; the UI has no authentication")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.errors import UserError
-        from wgtune.grid import load_grid
-        from wgtune.tracking_store import is_local_store, redact, resolve_tracking_uri
+        from wgtune.spec.errors import UserError
+        from wgtune.spec.grid import load_grid
+        from wgtune.tracking.store import is_local_store, redact, resolve_tracking_uri
 
         grid = load_grid(args.grid)
         uri = resolve_tracking_uri(grid.study_dir, args.tracking_uri)

@@ -1,0 +1,181 @@
+"""A real small study end to end: real Ray, real hyperopt TPE, a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from wgtune.spec.grid import load_grid
+from wgtune.search.priors import parse_params
+from wgtune.run.study import LaunchOptions, launch, status
+
+pytestmark = pytest.mark.slow
+
+GRID = """
+study: e2e
+study_dir: study
+datasets: [spurious_digits]
+models: {{resnet: [{sizes}]}}
+objectives: [erm, groupdro]
+epochs: 2
+final_seeds: 0
+search: {{num_samples: {n}, max_concurrent: 2, n_startup: 2}}
+resources: {{cpu: 1}}
+train: {{image_size: 16}}
+priors: {{transfer: neighbours, narrow: box, top_k: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def write_grid(folder: Path, sizes: str = "10x0.25", n: int = 3) -> Path:
+    path = folder / "grid.yaml"
+    path.write_text(textwrap.dedent(GRID.format(sizes=sizes, n=n)))
+    return path
+
+
+def runs_of(grid_path: Path):
+    from mlflow import MlflowClient
+
+    grid = load_grid(grid_path)
+    client = MlflowClient(f"sqlite:///{grid.study_dir / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    study = [e for e in experiments if e.name == "e2e"]
+    assert len(study) == 1
+    runs = client.search_runs([study[0].experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("wgtune.kind") == "cell"]
+    children = [r for r in runs if r.data.tags.get("wgtune.kind") == "trial"]
+    return client, grid, parents, children
+
+
+def test_a_study_logs_one_parent_per_cell_and_one_child_per_trial(tmp_path, ray_local):
+    path = write_grid(tmp_path)
+    lines: list[str] = []
+
+    progress = launch(load_grid(path), LaunchOptions(progress_every_s=3600), lines.append)
+
+    client, grid, parents, children = runs_of(path)
+    cells = {c.id: c for c in grid.cells()}
+    assert {p.data.tags["wgtune.cell"] for p in parents} == set(cells)
+    for parent in parents:
+        tags = parent.data.tags
+        assert tags["wgtune.dataset"] == "spurious_digits" and tags["wgtune.family"] == "resnet"
+        assert int(tags["wgtune.n_params"]) > 0 and tags["wgtune.pretrained"] == "false"
+        assert parent.info.status == "FINISHED"
+    assert len(children) == 2 * 3
+    parent_of = {p.info.run_id: p.data.tags["wgtune.cell"] for p in parents}
+    for child in children:
+        cell_id = child.data.tags["wgtune.cell"]
+        assert parent_of[child.data.tags["mlflow.parentRunId"]] == cell_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["wgtune.proposal"] in {"random", "tpe"}
+        space = _space_of(grid, cells[cell_id])
+        assert space.contains(parse_params(space, child.data.params)) is None
+        for key in ("val/worst_acc", "test/worst_acc", "val/acc_g3", "train/loss", "test/weighted_acc"):
+            history = client.get_metric_history(child.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], key
+        assert "best/val_worst_acc" in child.data.metrics
+    assert all(row.finished == 3 for row in progress.values())
+    assert any(line.startswith("[3/3]") for line in lines)
+
+    table = status(grid)
+    assert "spurious_digits · resnet-10x0.25 · erm" in table and "3/3" in table
+
+
+def test_relaunching_counts_mlflow_history_and_runs_only_what_is_new(tmp_path, ray_local):
+    path = write_grid(tmp_path, n=2)
+    launch(load_grid(path), LaunchOptions(progress_every_s=3600), lambda _: None)
+
+    # Same grid: nothing left to run.
+    launch(load_grid(path), LaunchOptions(progress_every_s=3600), lambda _: None)
+    _, _, _, children = runs_of(path)
+    assert len(children) == 2 * 2
+
+    # A bigger budget and a new size: only the difference and the new cells run.
+    path = write_grid(tmp_path, sizes="10x0.25, 10x0.5", n=3)
+    launch(load_grid(path), LaunchOptions(progress_every_s=3600), lambda _: None)
+    _, grid, parents, children = runs_of(path)
+    per_cell: dict[str, list] = {}
+    for child in children:
+        per_cell.setdefault(child.data.tags["wgtune.cell"], []).append(child)
+    assert {cell: len(runs) for cell, runs in per_cell.items()} == {c.id: 3 for c in grid.cells()}
+    assert len(parents) == 4
+
+    # The old cells' third trial came from TPE informed by their two finished trials...
+    old = [c for c in grid.cells() if c.model == "resnet-10x0.25"]
+    for cell in old:
+        third = max(per_cell[cell.id], key=lambda r: r.info.start_time)
+        assert third.data.tags["wgtune.proposal"] == "tpe"
+    # ...and each new cell first tried its neighbour's best configuration (transfer).
+    new = [c for c in grid.cells() if c.model == "resnet-10x0.5"]
+    for cell in new:
+        proposals = [r.data.tags["wgtune.proposal"] for r in sorted(per_cell[cell.id], key=lambda r: r.info.start_time)]
+        assert proposals[0] == "transfer"
+
+    # `wgtune priors` shows what a next launch would start each cell from, without launching.
+    from wgtune.spec.errors import UserError
+    from wgtune.run.study import priors_report
+
+    shown = json.loads(priors_report(grid, cell_filter="*/resnet-10x0.5/erm/*"))
+    assert shown["cell"] == "spurious_digits/resnet-10x0.5/erm/scratch"
+    assert shown["observations"] == 3 and len(shown["observed_runs"]) == 3
+    assert shown["transfer"]["neighbours"][0]["cell_id"] == "spurious_digits/resnet-10x0.25/erm/scratch"
+    assert shown["transfer"]["narrowed"] is True
+    with pytest.raises(UserError, match="no cell of .* matches 'nothing'"):
+        priors_report(grid, cell_filter="nothing")
+    _, _, _, after = runs_of(path)
+    assert len(after) == len(children), "priors starts nothing"
+
+
+def _space_of(grid, cell):
+    from wgtune.spec.spaces import load_space
+
+    return load_space(cell.objective, grid.space_overrides(cell))
+
+
+def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp_path, ray_local):
+    from statistics import mean, stdev
+
+    import pandas as pd
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(GRID.format(sizes="10x0.25", n=2)).replace("final_seeds: 0", "final_seeds: 2"))
+    grid = load_grid(path)
+    launch(grid, LaunchOptions(progress_every_s=3600), lambda _: None)
+
+    from wgtune.run.study import report
+
+    files = report(grid)
+    client, _, _, children = runs_of(path)
+    table = pd.read_csv(next(f for f in files if f.name == "cells.csv"))
+    for cell in grid.cells():
+        runs = [r for r in children if r.data.tags["wgtune.cell"] == cell.id]
+        search = [r for r in runs if r.data.tags["wgtune.phase"] == "search"]
+        final = [r for r in runs if r.data.tags["wgtune.phase"] == "final"]
+        assert len(search) == 2 and len(final) == 2
+        # The selection rule: best validation worst-group accuracy, the earliest trial on ties.
+        chosen = max(sorted(search, key=lambda r: r.info.start_time), key=lambda r: r.data.metrics["best/val_worst_acc"])
+        for run in final:
+            assert run.data.tags["wgtune.proposal"] == "final"
+            assert {k: v for k, v in run.data.params.items() if k != "seed"} == chosen.data.params
+        assert len({r.data.params["seed"] for r in final}) == 2
+        row = table[(table["model"] == cell.model) & (table["objective"] == cell.objective)].iloc[0]
+        worst = [r.data.metrics["best/test_worst_acc"] for r in final]
+        assert row["n_seeds"] == 2
+        assert row["test_worst_mean"] == pytest.approx(mean(worst))
+        assert row["test_worst_std"] == pytest.approx(stdev(worst))
+    assert {f.suffix for f in files} >= {".csv", ".md", ".png", ".svg"}
+    study_runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
+                                    "tags.`wgtune.kind` = 'study'")
+    logged = [a.path for a in client.list_artifacts(study_runs[0].info.run_id, "report")]
+    assert "report/cells.md" in logged and "report/accuracy_vs_size.png" in logged

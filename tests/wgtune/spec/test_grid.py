@@ -1,0 +1,147 @@
+"""The grid file: strict validation with messages naming the file and key, and its cells."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from wgtune.spec.grid import GridError, load_grid
+
+VALID = """
+study: wg-test
+datasets: [spurious_digits]
+models: {resnet: [10x0.25, 18], vit: [tiny]}
+pretrained: [false, true]
+objectives: [erm, groupdro]
+epochs: 3
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_cells_are_the_product_of_datasets_sizes_pretrained_and_objectives(tmp_path):
+    grid = load_grid(write(tmp_path, VALID))
+
+    cells = grid.cells()
+
+    assert len(cells) == 1 * 3 * 2 * 2
+    assert {c.model for c in cells} == {"resnet-10x0.25", "resnet-18", "vit-tiny"}
+    assert "spurious_digits/resnet-18/groupdro/pretrained" in {c.id for c in cells}
+    assert len({c.id for c in cells}) == len(cells)
+
+
+def test_include_and_exclude_filter_cells_with_shell_patterns(tmp_path):
+    grid = load_grid(write(tmp_path, VALID + """
+exclude:
+  - {family: vit, pretrained: false}
+  - {model: "resnet-18", objective: erm}
+"""))
+
+    ids = {c.id for c in grid.cells()}
+
+    assert not any("vit-tiny" in i and i.endswith("scratch") for i in ids)
+    assert "spurious_digits/resnet-18/erm/scratch" not in ids
+    assert "spurious_digits/resnet-18/groupdro/scratch" in ids
+
+
+def test_the_same_architecture_spelled_twice_is_one_cell(tmp_path):
+    grid = load_grid(write(tmp_path, VALID.replace("[10x0.25, 18]", "[18, 18x1]")))
+
+    assert sum(c.model == "resnet-18" for c in grid.cells()) == 2 * 2  # pretrained x objectives
+
+
+def test_cell_seeds_derive_from_the_cell_and_the_study_seed(tmp_path):
+    cells = load_grid(write(tmp_path, VALID)).cells()
+
+    assert cells[0].seed(0) == cells[0].seed(0)
+    assert cells[0].seed(0) != cells[1].seed(0)
+    assert cells[0].seed(0) != cells[0].seed(1)
+
+
+def test_resources_overrides_by_model_beat_family_beat_default(tmp_path):
+    grid = load_grid(write(tmp_path, VALID + """
+resources:
+  cpu: 2
+  gpu: 0.25
+  overrides:
+    vit: {cpu: 4, gpu: 0.5}
+    resnet-18: {cpu: 1, gpu: 1}
+"""))
+    by_model = {c.model: grid.resources(c) for c in grid.cells()}
+
+    assert (by_model["resnet-10x0.25"].cpu, by_model["resnet-10x0.25"].gpu) == (2, 0.25)
+    assert (by_model["vit-tiny"].cpu, by_model["vit-tiny"].gpu) == (4, 0.5)
+    assert (by_model["resnet-18"].cpu, by_model["resnet-18"].gpu) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda t: t + "serch: {num_samples: 3}\n",
+         r"grid.yaml: serch: unknown key. Did you mean 'search'\? Valid: study, study_dir"),
+        (lambda t: t + "search: {num_sample: 3}\n",
+         r"grid.yaml: search.num_sample: unknown key. Did you mean 'num_samples'\?"),
+        (lambda t: t + "resources: {overrides: {vit: {gpus: 1}}}\n",
+         r"resources.overrides.vit.gpus: unknown key. Did you mean 'gpu'\?"),
+        (lambda t: t.replace("epochs: 3", "epochs: three"), r"grid.yaml: epochs: .*integer"),
+        (lambda t: t.replace("epochs: 3\n", ""), r"grid.yaml: epochs: required key is missing"),
+        (lambda t: t.replace("[spurious_digits]", "[waterbird]"),
+         r"grid.yaml: datasets: unknown dataset 'waterbird'. Did you mean 'waterbirds'\? Valid: spurious_digits"),
+        (lambda t: t.replace("[erm, groupdro]", "[erm, grouppdro]"),
+         r"objectives: unknown objective 'grouppdro'. Did you mean 'groupdro'\?"),
+        (lambda t: t.replace("[10x0.25, 18]", "[19]"), r"grid.yaml: models: .*resnet-19"),
+        (lambda t: t.replace("vit: [tiny]", "vitt: [tiny]"), r"models: unknown model family 'vitt'"),
+        (lambda t: t + "resources: {gpu: 1.5}\n", r"resources.gpu: .*fraction of one GPU or a whole number"),
+        (lambda t: t.replace("[spurious_digits]", "{spurious_digits: {spurious_frac: 0.9}}"),
+         r"datasets.spurious_digits: dataset 'spurious_digits': unknown option 'spurious_frac'. "
+         r"Did you mean 'spurious_fraction'\?"),
+        (lambda t: t + "exclude: [{dataset: '*'}]\n", r"the grid has no cells"),
+        (lambda t: "study: [", r"grid.yaml \(line \d+\): not valid YAML"),
+        (lambda t: "- just\n- a list\n", r"a grid file is a mapping"),
+    ],
+)
+def test_bad_grids_fail_with_one_message_naming_the_file_and_key(tmp_path, change, expected):
+    path = write(tmp_path, change(VALID))
+
+    with pytest.raises(GridError, match=expected):
+        load_grid(path)
+
+
+def test_a_missing_grid_file_is_named(tmp_path):
+    with pytest.raises(GridError, match="grid file .*nope.yaml does not exist"):
+        load_grid(tmp_path / "nope.yaml")
+
+
+def test_relative_paths_in_the_grid_are_relative_to_the_grid_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    grid = load_grid(write(tmp_path / "sub", VALID + "study_dir: out\ndata_root: ../data\n"))
+
+    assert grid.study_dir == (tmp_path / "sub" / "out").resolve()
+    assert grid.data_root == str((tmp_path / "data").resolve())
+
+
+def test_space_overrides_apply_all_then_family_then_objective_then_model(tmp_path):
+    grid = load_grid(write(tmp_path, VALID + """
+search_space:
+  all: {lr: {loguniform: [1.0e-3, 1.0e-1]}, batch_size: 64}
+  vit: {lr: {loguniform: [1.0e-5, 1.0e-3]}}
+  groupdro: {eta: 0.05}
+"""))
+    vit_dro = next(c for c in grid.cells() if c.family == "vit" and c.objective == "groupdro")
+
+    assert grid.space_overrides(vit_dro) == {
+        "lr": {"loguniform": [1.0e-5, 1.0e-3]}, "batch_size": 64, "eta": 0.05,
+    }
+
+
+def test_shipped_grids_are_valid():
+    root = Path(__file__).resolve().parents[3] / "grids"
+
+    for path in sorted(root.glob("*.yaml")):
+        assert load_grid(path).cells(), path

@@ -1,0 +1,157 @@
+"""Figures of a study's report, drawn from `wgtune.report.build` data and written as PNG and SVG.
+
+matplotlib loads only inside `write_figures`, and through `Figure` rather than pyplot: no global
+backend is switched and no figure registry grows, so a long-lived process can call it freely
+(PNG is rendered by Agg, SVG by matplotlib's SVG writer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from wgtune.report.build import FIT_SCALE, SEARCH_ONLY, Estimate, Series, SeriesFit, StudyReport
+from wgtune.report.tables import format_count
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["write_figures"]
+
+
+def write_figures(report: StudyReport, out_dir: str | Path) -> list[Path]:
+    """Write accuracy_vs_size and worst_group_error_fit, each as .png and .svg; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    draws: tuple[tuple[str, Callable[[StudyReport], Figure]], ...] = (
+        ("accuracy_vs_size", _accuracy_vs_size), ("worst_group_error_fit", _error_fit))
+    for name, draw in draws:
+        paths += _save(draw(report), out / name)
+    return paths
+
+
+def _accuracy_vs_size(report: StudyReport) -> Figure:
+    from matplotlib.lines import Line2D
+
+    fig, panels = _panels(report)
+    colors = _colors(report.series)
+    search_only = False
+    for dataset, ax in panels.items():
+        for series in _of(report.series, dataset):
+            color = colors[series.label]
+            xs = [p.n_params for p in series.points]
+            ax.errorbar(xs, [p.worst.mean for p in series.points], yerr=_yerr([p.worst for p in series.points]),
+                        fmt="-o", color=color, capsize=3, label=series.label)
+            with_avg = [p for p in series.points if p.avg is not None]
+            ax.errorbar([p.n_params for p in with_avg], [p.avg.mean for p in with_avg],  # type: ignore[union-attr]
+                        yerr=_yerr([p.avg for p in with_avg]), fmt="--s", color=color, capsize=3, alpha=0.6,
+                        markersize=4)
+            hollow = [p for p in series.points if p.status == SEARCH_ONLY]
+            search_only = search_only or bool(hollow)
+            ax.plot([p.n_params for p in hollow], [p.worst.mean for p in hollow], "o", color=color,
+                    markerfacecolor="white", zorder=3)
+            ax.plot([p.n_params for p in hollow if p.avg], [p.avg.mean for p in hollow if p.avg], "s",
+                    color=color, markerfacecolor="white", markersize=4, zorder=3)
+        ax.set_ylabel("test accuracy")
+        # Accuracy lives in [0, 1]; a t-interval over two seeds reaches far past it and would
+        # squash the curves. The tables keep the intervals as computed.
+        ax.set_ylim(-0.02, 1.02)
+    for ax in panels.values():
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="black", ls="-", label="worst-group"),
+                    Line2D([], [], color="black", ls="--", label="average")]
+        if search_only:
+            handles.append(Line2D([], [], color="black", marker="o", ls="", markerfacecolor="white",
+                                  label="search trial only (one run)"))
+        ax.legend(handles=handles, fontsize="small")
+    fig.suptitle(f"Test accuracy vs model size (mean over final seeds, {100 * report.confidence:g}% interval)")
+    return fig
+
+
+def _error_fit(report: StudyReport) -> Figure:
+    import numpy as np
+
+    fig, panels = _panels(report)
+    colors = _colors(report.series)
+    fits = {(f.dataset, f.label): f for f in report.fits}
+    for dataset, ax in panels.items():
+        for series in _of(report.series, dataset):
+            color = colors[series.label]
+            fit: SeriesFit | None = fits.get((dataset, series.label))
+            xs = [p.n_params for p in series.points]
+            errors = [1 - p.worst.mean for p in series.points]
+            low, high = _yerr([p.worst for p in series.points])
+            law = fit.law if fit is not None else None
+            label = series.label if law is not None else f"{series.label} (no fit)"
+            # Error is 1 - accuracy: the accuracy interval's upper side is the error's lower side.
+            ax.errorbar(xs, errors, yerr=[high, low], fmt="o" if law else ":o", color=color, capsize=3,
+                        label=label)
+            if law is not None:
+                grid = np.logspace(np.log10(min(xs)), np.log10(max(xs)), 100)
+                beta = f"β = {law.beta:.2f}" + (f" ± {law.beta_se:.2f}" if law.beta_se is not None else "")
+                ax.plot(grid, law(grid), "-", color=color, label=f"{series.label} fit: {beta}, C = {law.C:.2f}")
+        ax.set_yscale("log")
+        ax.set_ylabel("test worst-group error")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"Worst-group error vs size, fit L(N) = A·(N/{format_count(FIT_SCALE)})^(-β) + C")
+    return fig
+
+
+def _panels(report: StudyReport) -> tuple[Figure, dict[str, Axes]]:
+    """One panel per dataset with results; one empty, labelled panel when there are none yet."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    datasets = sorted({s.dataset for s in report.series})
+    fig = Figure(figsize=(max(5.5 * len(datasets), 7.0), 4.5), layout="constrained")
+    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
+    if not datasets:
+        axes[0].text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+        return fig, {}
+    panels = dict(zip(datasets, axes))
+    for dataset, ax in panels.items():
+        sizes = [p.n_params for s in _of(report.series, dataset) for p in s.points]
+        ax.set_xscale("log")
+        # Label 1-2-5 steps when the sizes span two decades or less, else decades only: 10M, not 10^7.
+        narrow = max(sizes) <= 100 * min(sizes)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_count(x)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("parameters")
+        ax.set_title(dataset)
+        ax.grid(True, which="both", alpha=0.3)
+    return fig, panels
+
+
+def _of(series: Sequence[Series], dataset: str) -> list[Series]:
+    return [s for s in series if s.dataset == dataset]
+
+
+def _colors(series: Sequence[Series]) -> dict[str, str]:
+    """One color per series label across every panel, so `erm` looks the same on each dataset."""
+    labels = sorted({s.label for s in series})
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
+
+
+def _yerr(values: Sequence[Estimate | None]) -> tuple[list[float], list[float]]:
+    """Distances to the interval's ends; zero where there is no interval (one run)."""
+    below = [0.0 if v is None or v.low is None else v.mean - v.low for v in values]
+    above = [0.0 if v is None or v.high is None else v.high - v.mean for v in values]
+    return below, above
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    import matplotlib
+
+    paths = []
+    # A fixed salt and no date make the SVG the same bytes for the same data (diffable reports).
+    with matplotlib.rc_context({"svg.hashsalt": "wgtune"}):
+        for suffix, options in ((".png", {"dpi": 150}), (".svg", {"metadata": {"Date": None}})):
+            path = stem.with_suffix(suffix)
+            fig.savefig(path, **options)  # type: ignore[arg-type]
+            paths.append(path)
+    return paths

@@ -1,0 +1,361 @@
+"""A study end to end: launch (or resume) it, describe it without starting, report its status.
+
+Everything that can be wrong with the input is checked before the tracking store is written
+or Ray is started, so a bad launch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+from wgtune.spec.errors import UserError
+from wgtune.spec.grid import Grid, expand_study_dir
+from wgtune.run.plan import PlannedCell, plan_cells
+from wgtune.search.priors import cell_priors
+from wgtune.run.progress import CellProgress, render
+from wgtune.tracking.tracker import CellInfo, StudyTracker
+from wgtune.tracking.spool import SPOOL_FOLDER
+from wgtune.tracking.store import (
+    artifact_root,
+    check_tracking,
+    is_local_store,
+    redact,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+
+Print = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What the CLI adds to the grid: where to track and which cluster to join."""
+
+    tracking_uri: str | None = None
+    address: str | None = None
+    progress_every_s: float = 30.0
+    store_wait_s: float = 120.0  # at the end, how long a tracking store that is away gets to come back
+
+
+def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print,
+           trial_fn: Callable[..., None] | None = None) -> dict[str, CellProgress]:
+    """Run every cell's remaining budget; finished trials in MLflow count, so a re-launch resumes.
+
+    `trial_fn(config, cells)` replaces the training trial (the soak injects faults through it).
+    """
+    from wgtune.spec.grid import check_study_dir
+
+    plan_cells(grid)  # every cell's search space is valid, before anything is created
+    check_data(grid)
+    check_study_dir(grid)  # before the tracking check: the default store lives in the study folder
+    uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
+    check_tracking(uri)
+    from wgtune.run.cluster import check_ray  # Ray is imported only once the rest of the input is good
+
+    check_ray(options.address)  # seconds, where ray.init would retry for minutes
+    study_dir = expand_study_dir(grid)
+    tracker = StudyTracker(uri, grid.spec.study, artifact_root(study_dir) if is_local_store(uri) else None,
+                           spool_dir=study_dir / SPOOL_FOLDER)
+    try:
+        _recover(tracker, print_line)
+        cells = _plan_launch(grid, tracker, print_line)
+        print_line(_headline(grid, cells, uri, study_dir))
+        if any(c.has_work for c in cells):
+            experiment = Experiment(grid)
+            print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
+                       "continue from their last epoch" if experiment.restore else
+                       f"new Ray experiment, warm-started from MLflow "
+                       f"({sum(len(c.priors.observations) for c in cells if c.priors)} earlier trials as observations)")
+            _run(grid, cells, tracker, experiment, options, print_line, trial_fn)
+            if experiment.restore:
+                # MLflow is the truth: whatever a restored experiment could not bring back (a trial
+                # Tune's last snapshot missed) runs now in a new experiment, warm-started from MLflow.
+                # Not for a cell this launch gave up on: a new experiment would give it a fresh failure cap.
+                cells = _plan_launch(grid, tracker, print_line)
+                failing = tracker.failing_cells()
+                rerun = [c for c in cells if c.cell.id not in failing]
+                missing = sum(c.remaining + c.final_remaining for c in rerun)
+                if missing:
+                    print_line(f"{missing} trial(s) not recovered by the restored experiment: running them in a "
+                               "new experiment, warm-started from MLflow")
+                    _run(grid, rerun, tracker, Experiment(grid), options, print_line, trial_fn)
+        for planned in cells:
+            tracker.close_cell(planned.cell.id)
+        if not _written(tracker, options.store_wait_s, print_line):
+            raise _unlogged(grid, tracker, uri)
+        final = status_rows(grid, tracker)
+    finally:
+        tracker.close()
+    print_line(
+        f"next: wgtune status --grid {grid.path}   (progress per cell)\n"
+        f"      wgtune report --grid {grid.path}   (tables and curves over model size)\n"
+        f"      wgtune ui --grid {grid.path}       (browse every trial in the MLflow UI; store: {redact(uri)})"
+    )
+    return final
+
+
+class Experiment:
+    """The study's Ray Tune experiment, and whether the last launch into it finished.
+
+    Tune can restore an interrupted experiment only as it was: same trials, same budgets, same
+    space. So it is restored only when the last launch of the same grid was interrupted; any
+    other launch starts a new experiment (a new name under the same storage), warm-started from
+    MLflow. The record of the last launch lives in the study folder, whatever the storage.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self.storage = grid.storage
+        self.marker = grid.study_dir / "last_launch.json"
+        self.fingerprint = hashlib.sha256(grid.spec.model_dump_json().encode()).hexdigest()
+        self.name = f"{grid.spec.study}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        self.restore = self._interrupted()
+
+    def _interrupted(self) -> bool:
+        from wgtune.run.driver import restorable
+
+        try:
+            last = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return False
+        if last.get("fingerprint") != self.fingerprint or last.get("complete", True):
+            return False
+        if not restorable(self.storage, last["name"]):
+            return False
+        self.name = last["name"]
+        return True
+
+    def begin(self) -> None:
+        self._mark(complete=False)
+
+    def complete(self) -> None:
+        self._mark(complete=True)
+
+    def _mark(self, complete: bool) -> None:
+        record = {"fingerprint": self.fingerprint, "name": self.name, "storage": self.storage, "complete": complete}
+        self.marker.write_text(json.dumps(record, indent=2))
+
+
+def _recover(tracker: StudyTracker, print_line: Print) -> None:
+    """Upload what earlier launches could not (killed, or cut off from the tracking store)."""
+    journals = tracker.recover()
+    if journals:
+        tracker.flush()
+        print_line(f"uploaded the tracking writes of {len(journals)} earlier launch(es) that never reached "
+                   f"the store (from {journals[0].parent})")
+
+
+def _written(tracker: StudyTracker, wait_s: float, print_line: Print) -> bool:
+    """Whether every write reached the store, giving a store that is away `wait_s` to come back."""
+    tracker.flush()
+    if not tracker.pending():
+        return True
+    print_line(f"the tracking store is not answering: waiting up to {wait_s:g} s for it "
+               f"({len(tracker.pending())} writes kept in {tracker.spool_path})")
+    deadline = time.monotonic() + wait_s
+    while True:
+        tracker.retry_pending()
+        tracker.flush()
+        if not tracker.pending():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+def _unlogged(grid: Grid, tracker: StudyTracker, uri: str) -> UserError:
+    """The study trained, but the store is away: say where its results wait and how they get in."""
+    return UserError(
+        f"the study's trials ran, but the MLflow store {redact(uri)} stopped answering "
+        f"({tracker.pending()[0].error}): {len(tracker.pending())} tracking write(s) are kept in "
+        f"{tracker.spool_path}. Nothing is lost: run `wgtune launch --grid {grid.path}` again once the "
+        "store is back, and it uploads them before anything else (finished trials are not re-run).")
+
+
+def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[PlannedCell]:
+    """Close what a dead driver left RUNNING, then plan every cell from MLflow and record its priors."""
+    closed = tracker.close_orphans()
+    if closed:
+        print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
+    cells = prepare(grid, tracker)
+    for planned in cells:
+        if planned.has_work and planned.priors is not None:
+            tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
+    return cells
+
+
+def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment: Experiment,
+         options: LaunchOptions, print_line: Print, trial_fn: Callable[..., None] | None = None) -> None:
+    """Run (or restore) `experiment` until every cell's remaining work is done; record its completion."""
+    from wgtune.run.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
+
+    if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
+        tracker.clear_failing(c.cell.id for c in cells if c.has_work)
+    settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
+                                    address=options.address, progress_every_s=options.progress_every_s)
+    experiment.begin()
+    run_experiment(cells, tracker, settings, print_line, trial_fn)
+    experiment.complete()
+
+
+def check_data(grid: Grid) -> None:
+    """Every data set of the grid is on disk, or one message naming the grid's data_root."""
+    from trainables.datasets import DataNotFoundError, check_dataset
+
+    for dataset in grid.dataset_names():
+        try:
+            check_dataset(dataset, grid.data_root)
+        except DataNotFoundError as err:
+            raise UserError(f"{grid.path}: data_root: {err}") from None
+
+
+def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[PlannedCell]:
+    """Every cell's plan with its budget left and its priors, from what MLflow holds.
+
+    With `register`, each cell's parent run is created (or reopened) in the store.
+    """
+    summaries = tracker.cell_summaries()
+    cells = plan_cells(grid, summaries)
+    infos = {c.cell.id: cell_info(c) for c in cells}
+    n_params = {cell_id: info.n_params for cell_id, info in infos.items()}
+    peers = [c.cell for c in cells]
+    planned = []
+    for c in cells:
+        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors)
+        planned.append(replace(c, priors=priors))
+        if register:
+            tracker.cell_run(infos[c.cell.id])
+    return planned
+
+
+def priors_report(grid: Grid, tracking_uri: str | None = None, cell_filter: str | None = None) -> str:
+    """What a launch would start each cell from (JSON per cell); starts nothing, writes nothing."""
+    with _existing_study(grid, tracking_uri) as tracker:
+        cells = prepare(grid, tracker, register=False)
+    chosen = [c for c in cells if cell_filter is None or fnmatch.fnmatchcase(c.cell.id, cell_filter)]
+    if not chosen:
+        raise UserError(f"no cell of {grid.path} matches {cell_filter!r}; cells: {', '.join(c.cell.id for c in cells)}")
+    return "\n".join(json.dumps(c.priors.describe(), indent=2) for c in chosen if c.priors is not None)
+
+
+def status(grid: Grid, tracking_uri: str | None = None) -> str:
+    """The per-cell table from MLflow alone (Ray is not started)."""
+    uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
+    with _existing_study(grid, tracking_uri) as tracker:
+        rows = status_rows(grid, tracker)
+    return render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})")
+
+
+@contextmanager
+def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTracker]:
+    """The study's tracker for reading; looking at a study must not create its store or experiment."""
+    uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
+    db = sqlite_path(uri)
+    missing = UserError(f"study {grid.spec.study!r} has not been launched yet: no MLflow experiment of that "
+                        f"name in {redact(uri)} (run `wgtune launch --grid {grid.path}`)")
+    if db is not None and not db.exists():
+        raise missing
+    check_tracking(uri)
+    from mlflow import MlflowClient
+
+    if MlflowClient(uri).get_experiment_by_name(grid.spec.study) is None:
+        raise missing
+    with StudyTracker(uri, grid.spec.study) as tracker:
+        yield tracker
+
+
+def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None) -> list[Path]:
+    """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report)
+    and logged on the study-level run "<study> · report". A partial study marks missing cells."""
+    from wgtune.report.build import CellRow, build_report
+    from wgtune.report.figures import write_figures
+    from wgtune.report.tables import write_tables
+
+    folder = out or grid.study_dir / "report"
+    with _existing_study(grid, tracking_uri) as tracker:
+        cells = [CellRow.from_tags(tags) for tags in tracker.cell_tags().values()]
+        built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()])
+        folder.mkdir(parents=True, exist_ok=True)
+        files = write_tables(built, folder) + write_figures(built, folder)
+        tracker.log_study_files(f"{grid.spec.study} · report", files, "report")
+    return files
+
+
+def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
+    """One progress row per cell of the grid, counted from the tracking store."""
+    summaries = tracker.cell_summaries()
+    failing = tracker.failing_cells()
+    rows = {}
+    for cell in grid.cells():
+        s = summaries.get(cell.id)
+        rows[cell.id] = CellProgress(
+            cell.label,
+            grid.spec.search.num_samples,
+            final_budget=grid.spec.final_seeds,
+            final=s.final_finished + s.final_diverged if s else 0,
+            finished=s.finished if s else 0,
+            running=s.running if s else 0,
+            failed=s.failed if s else 0,
+            best=s.best_value if s else None,
+            failing=cell.id in failing,
+        )
+    return rows
+
+
+def describe(grid: Grid, tracking_uri: str | None = None) -> str:
+    """What a launch would do (cells, spaces, budgets, resources, where results go); starts nothing."""
+    cells = plan_cells(grid)
+    study_dir = grid.study_dir
+    uri = resolve_tracking_uri(study_dir, tracking_uri)
+    search = grid.spec.search
+    lines = [
+        _headline(grid, cells, uri, study_dir),
+        f"per cell: {search.num_samples} trials of {grid.spec.epochs} epochs, TPE after {search.n_startup} random; "
+        f"{search.max_concurrent} trials at once in the study; scheduler {search.scheduler}; "
+        f"retries {search.max_failures}; then the chosen config on {grid.spec.final_seeds} final seeds",
+    ]
+    for planned in cells:
+        r = planned.resources
+        lines.append(f"\n{planned.cell.label}  [{planned.cell.id}]")
+        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget}")
+        lines.extend(f"  {line}" for line in planned.space.describe())
+    return "\n".join(lines)
+
+
+def cell_info(planned: PlannedCell) -> CellInfo:
+    """What the tracking store records about a cell, with its parameter count at the input size
+    and class count the cell trains with (a ViT's position embedding depends on the size)."""
+    from trainables.config import TrialConfig
+    from trainables.datasets import DATASETS
+    from trainables.models import count_parameters, resolve
+    from trainables.training import resolve_preprocessing
+
+    cell = planned.cell
+    prep = resolve_preprocessing(resolve(cell.model), cell.dataset, TrialConfig.from_mapping(planned.base_config))
+    return CellInfo(
+        cell_id=cell.id,
+        dataset=cell.dataset,
+        family=cell.family,
+        size=cell.size,
+        model=cell.model,
+        n_params=count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size),
+        objective=cell.objective,
+        pretrained=cell.pretrained,
+    )
+
+
+def _headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:
+    remaining = sum(c.remaining for c in cells)
+    finals = sum(c.final_remaining for c in cells)
+    return (
+        f"study {grid.spec.study}: {len(cells)} cells, {remaining} search trials and {finals} final-seed "
+        f"trials to run; "
+        f"results in {study_dir} (MLflow: {redact(uri)})"
+    )

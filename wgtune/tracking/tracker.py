@@ -1,0 +1,466 @@
+"""A study's record in MLflow: experiment = study, parent run = cell, child run = trial.
+
+The driver is the only writer (DESIGN.md, decision 3). `StudyTracker` makes every MlflowClient
+call on one background thread (`tracking_writer.StoreWriter`): per-epoch metrics are buffered
+and written in batches across trials, so the Ray driver's event loop never waits on SQLite.
+
+A trial is known by a *handle* (`trial:<trial_id>`) from `start_trial` on: its run is created
+by a queued write, since MLflow's run ids are made by the store and waiting for one would hold
+Tune's event loop (6-30 ms per trial, bench/tracking_overhead.py) or, while the tracking server
+is away, stop the study. With a spool folder every write is journalled first
+(`tracking_spool`), so writes a dead or cut-off driver never made are uploaded by the next
+launch (`recover`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
+
+from wgtune.spec.errors import UserError
+from wgtune.tracking.records import (
+    CELL_TAG,
+    END_STATUSES,
+    ERROR_TAG,
+    FAILING_TAG,
+    KIND_TAG,
+    OBJECTIVE_METRIC,
+    RUN_STATUSES,
+    TAG_VALUE_LIMIT,
+    TRIAL_ID_TAG,
+    CellInfo,
+    CellSummary,
+    Observation,
+    TrialRecord,
+    loggable_params,
+    metric_rows,
+    now_ms,
+    trial_record,
+)
+from wgtune.tracking.spool import Spool, read_spools
+from wgtune.tracking.store import (
+    TrackingUnavailableError,
+    absolute_uri,
+    artifact_root,
+    check_tracking,
+    is_local_store,
+    redact,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+from wgtune.tracking.writer import (
+    MAX_PARAMS_TAGS_PER_BATCH,
+    PendingWrite,
+    StoreWriter,
+    TrackingWriteError,
+    Write,
+    is_handle,
+    trial_handle,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+__all__ = [
+    "OBJECTIVE_METRIC", "CellInfo", "CellSummary", "Observation", "PendingWrite", "StudyTracker",
+    "TrackingUnavailableError", "TrackingWriteError", "TrialRecord", "Write", "absolute_uri", "artifact_root",
+    "check_tracking", "is_local_store", "redact", "resolve_tracking_uri",
+]
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Cell:
+    info: CellInfo
+    parent_run_id: str
+    trials: dict[str, str] = field(default_factory=dict)  # trial_id -> run id, or handle while being made
+    count: int = 0
+
+
+class StudyTracker:
+    """Logs a study to MLflow: get or create its experiment, a parent run per cell, a child run per trial.
+
+    Public methods are thread-safe; only `__init__`, `cell_run`, `close_orphans`, `run_id` and
+    the readers wait for the store. Trials (start, epochs, end) never do.
+    """
+
+    def __init__(self, uri: str, study: str, artifact_location: str | None = None, *,
+                 spool_dir: Path | None = None, page_size: int = 1000, flush_interval_s: float = 1.0,
+                 call_timeout_s: float = 60.0, max_attempts: int = 4, backoff_s: float = 0.2,
+                 max_backoff_s: float = 10.0) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.study = study
+        self._page_size = page_size
+        self._call_timeout_s = call_timeout_s
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+        self.spool_dir = spool_dir
+        self._writer = StoreWriter(lambda: MlflowClient(tracking_uri=uri), flush_interval_s=flush_interval_s,
+                                   max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                   lookup=self._find_trial, spool=Spool(spool_dir) if spool_dir else None,
+                                   step_key=OBJECTIVE_METRIC)
+        self._lock = threading.Lock()
+        self._cells: dict[str, _Cell] = {}
+        self._live: set[str] = set()
+        self._last_step: dict[str, int] = {}
+        # A driver that exits without close() still writes what it buffered; bounded, for outages.
+        self._close_at_exit = functools.partial(self.close, 30.0)
+        atexit.register(self._close_at_exit)
+        try:
+            self.experiment_id: str = self._call(lambda c: _experiment(c, study, artifact_location, uri))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- cells ------------------------------------------------------------------------------
+
+    def cell_run(self, cell: CellInfo) -> str:
+        """The cell's parent run id: the one tagged `wgtune.cell=<cell_id>` if any (reopened), else a new one."""
+        with self._lock:
+            known = self._cells.get(cell.cell_id)
+        if known is not None:
+            return known.parent_run_id
+        cell_filter = f"tags.`{CELL_TAG}` = {_literal(cell.cell_id)}"
+
+        def find_or_create(client: MlflowClient) -> tuple[str, dict[str, str], int]:
+            parents = self._search(client, f"tags.`{KIND_TAG}` = 'cell' and {cell_filter}",
+                                   order_by=["attributes.start_time ASC"])
+            if parents:
+                parent_id = parents[0].info.run_id
+                if parents[0].info.status != "RUNNING":
+                    client.update_run(parent_id, status="RUNNING")
+            else:
+                parent_id = client.create_run(self.experiment_id, tags=cell.tags(),
+                                              run_name=cell.run_name).info.run_id
+            trials = self._search(client, f"tags.`{KIND_TAG}` = 'trial' and {cell_filter}")
+            index = {run.data.tags.get(TRIAL_ID_TAG, ""): run.info.run_id for run in trials}
+            return parent_id, index, len(trials)
+
+        self.flush()  # a queued close_cell must land before the search that may reopen the cell
+        parent_id, index, count = self._call(find_or_create)
+        with self._lock:
+            self._cells.setdefault(cell.cell_id, _Cell(cell, parent_id, index, count))
+        return parent_id
+
+    def close_cell(self, cell_id: str) -> None:
+        """Mark the cell's parent run FINISHED (after the trial writes queued before); `cell_run` reopens it."""
+        parent_id = self._cell(cell_id).parent_run_id
+        with self._lock:
+            self._cells.pop(cell_id, None)
+        self._writer.add(Write("terminate", parent_id, ("FINISHED", now_ms())))
+
+    def log_cell_json(self, cell_id: str, artifact_file: str, data: Any) -> None:
+        """Queue `data` as a JSON artifact of the cell's parent run (the priors the cell used, say)."""
+        parent_id = self._cell(cell_id).parent_run_id
+        text = json.dumps(data, indent=2, sort_keys=True, default=str)
+        self._writer.add(Write("text", parent_id, (artifact_file, text)))
+
+    def mark_failing(self, cell_id: str, failures: int) -> None:
+        """Queue the tag that says this launch gave up on the cell (`wgtune status` shows it)."""
+        parent_id = self._cell(cell_id).parent_run_id
+        self._writer.add(Write("tags", parent_id, ((FAILING_TAG, f"gave up after {failures} failed trials"),)))
+
+    def failing_cells(self) -> set[str]:
+        """The cells the last launch that ran them gave up on (`mark_failing`, not cleared since)."""
+        return {cell for cell, tags in self.cell_tags().items() if FAILING_TAG in tags}
+
+    def clear_failing(self, cell_ids: Iterable[str]) -> None:
+        """Remove the failing tag of these cells: a new experiment gives each a fresh failure cap."""
+        tagged = self.failing_cells()
+        parents = [self._cell(cell).parent_run_id for cell in cell_ids if cell in tagged]
+
+        def clear(client: MlflowClient) -> None:
+            for parent_id in parents:
+                client.delete_tag(parent_id, FAILING_TAG)
+
+        if parents:
+            self._call(clear)
+
+    def cell_tags(self) -> dict[str, dict[str, str]]:
+        """Every cell's parent-run tags (dataset, model, parameter count, ...), by cell id."""
+        self.flush()
+        parents = self._call(lambda c: self._search(c, f"tags.`{KIND_TAG}` = 'cell'",
+                                                    order_by=["attributes.start_time ASC"]))
+        tags: dict[str, dict[str, str]] = {}
+        for run in parents:
+            tags.setdefault(run.data.tags.get(CELL_TAG, ""), dict(run.data.tags))
+        return tags
+
+    def log_study_files(self, run_name: str, files: Iterable[Path], folder: str) -> str:
+        """Log files as artifacts of the study-level run `run_name` (made once, then reused)."""
+        files = list(files)
+
+        def log(client: MlflowClient) -> str:
+            found = self._search(client, f"tags.`{KIND_TAG}` = 'study' and tags.`mlflow.runName` = {_literal(run_name)}")
+            run_id = found[0].info.run_id if found else client.create_run(
+                self.experiment_id, tags={KIND_TAG: "study"}, run_name=run_name).info.run_id
+            for path in files:
+                client.log_artifact(run_id, str(path), folder)
+            client.set_terminated(run_id, "FINISHED")
+            return run_id
+
+        self.flush()
+        return self._call(log)
+
+    # -- trials -----------------------------------------------------------------------------
+
+    def start_trial(self, cell_id: str, trial_id: str, params: Mapping[str, Any], proposal: str,
+                    phase: str = "search") -> str:
+        """The trial's handle for `log_epoch` / `end_trial`; its run is made (or reopened, for a
+        resumed trial) by a queued write, so this never waits for the store."""
+        cell = self._cell(cell_id)
+        _literal(trial_id)
+        handle = trial_handle(trial_id)
+        with self._lock:
+            existing = cell.trials.get(trial_id)
+            if existing is None:
+                cell.trials[trial_id] = handle
+                cell.count += 1
+                number = cell.count
+            self._live.add(handle)
+        if existing is not None:
+            if not is_handle(existing):
+                self._writer.known(handle, existing)
+            self._writer.reopened(handle)
+            self._writer.add(Write("status", handle, ("RUNNING",)))
+            return handle
+        tags = {"mlflow.parentRunId": cell.parent_run_id, KIND_TAG: "trial", CELL_TAG: cell_id,
+                TRIAL_ID_TAG: trial_id, "wgtune.proposal": proposal, "wgtune.phase": phase}
+        name = f"{cell.info.run_name} · trial {number}"
+        self._writer.add(Write("create", handle, (self.experiment_id, tuple(sorted(tags.items())), name, now_ms())))
+        items = sorted(loggable_params(params).items())
+        for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            chunk = items[start:start + MAX_PARAMS_TAGS_PER_BATCH]
+            self._writer.add(Write("params", handle, tuple(chunk)))
+        return handle
+
+    def run_id(self, handle: str) -> str | None:
+        """The MLflow run id of a trial handle, once the queued writes before it are made (None if not)."""
+        self.flush()
+        return self._writer.resolve(handle)
+
+    def log_epoch(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        """Buffer one epoch's metrics (non-numbers are skipped); written within `flush_interval_s`."""
+        self._writer.add_metrics(run_id, metric_rows(run_id, metrics, int(step)))
+        with self._lock:
+            self._last_step[run_id] = max(int(step), self._last_step.get(run_id, int(step)))
+
+    def end_trial(self, run_id: str, status: str, error: str | None = None,
+                  summary: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        """Queue the trial's end: `summary` as metrics, `tags`, an error (tag `wgtune.error` + `error.txt`),
+        its status. The error is recorded whenever given, FAILED or not."""
+        if status not in END_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(END_STATUSES)}, not {status!r}")
+        end_ms = now_ms()
+        with self._lock:
+            step = self._last_step.pop(run_id, 0)
+            self._live.discard(run_id)
+        if summary:
+            # At the last epoch's step, so that MLflow shows the summary as each key's latest value.
+            self._writer.add_metrics(run_id, metric_rows(run_id, summary, step))
+        if tags:
+            self._writer.add(Write("tags", run_id, tuple(sorted((k, str(v)) for k, v in tags.items()))))
+        if error:
+            short = error if len(error) <= TAG_VALUE_LIMIT else error[:TAG_VALUE_LIMIT - 20] + "… (see error.txt)"
+            self._writer.add(Write("tags", run_id, ((ERROR_TAG, short),)))
+            self._writer.add(Write("text", run_id, ("error.txt", error)))
+        self._writer.add(Write("terminate", run_id, (status, end_ms)))
+
+    def close_orphans(self, keep: Iterable[str] = ()) -> list[str]:
+        """Mark KILLED the trial runs left RUNNING (by a crashed driver) that are not in `keep` nor live here."""
+        self.flush()  # runs being made or reopened are live, not orphans
+        with self._lock:
+            live = set(self._live)
+        spared = set(keep) | {self._writer.resolve(h) or h for h in live}
+
+        def kill(client: MlflowClient) -> list[str]:
+            running = self._search(client, f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'RUNNING'")
+            orphans = [run.info.run_id for run in running if run.info.run_id not in spared]
+            for run_id in orphans:
+                client.set_terminated(run_id, "KILLED")
+            return orphans
+
+        return self._call(kill)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def trial_runs(self, cell_id: str | None = None, status: str | None = None) -> list[TrialRecord]:
+        """The study's trial runs (of one cell, of one status), oldest first, after writing what is queued."""
+        query = f"tags.`{KIND_TAG}` = 'trial'"
+        if cell_id is not None:
+            query += f" and tags.`{CELL_TAG}` = {_literal(cell_id)}"
+        if status is not None:
+            if status not in RUN_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+            query += f" and attributes.status = '{status}'"
+        self.flush()
+        runs = self._call(lambda c: self._search(c, query, order_by=["attributes.start_time ASC"]))
+        return [trial_record(run) for run in runs]
+
+    def cell_summaries(self, metric: str = OBJECTIVE_METRIC, mode: str = "max") -> dict[str, CellSummary]:
+        """Per cell: search-trial counts by status, the best finished search trial by `metric`, every
+        finished search trial's params, and how many final seeds finished."""
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+        trials = self.trial_runs()
+        parents = self._call(lambda c: self._search(c, f"tags.`{KIND_TAG}` = 'cell'",
+                                                    order_by=["attributes.start_time ASC"]))
+        parent_ids: dict[str, str] = {}
+        for run in parents:
+            parent_ids.setdefault(run.data.tags.get(CELL_TAG, ""), run.info.run_id)
+        by_cell: dict[str, list[TrialRecord]] = {cell: [] for cell in parent_ids}
+        for trial in trials:
+            by_cell.setdefault(trial.cell_id, []).append(trial)
+        sign = 1.0 if mode == "max" else -1.0
+        summaries = {}
+        for cell_id, every in by_cell.items():
+            records = [t for t in every if t.phase != "final"]
+            finished = [t for t in records if t.status == "FINISHED"]
+            observations = tuple(Observation(t.run_id, t.trial_id, t.params, t.metrics.get(metric))
+                                 for t in finished)
+            # A diverged configuration failed for good: TPE learns it as its worst observation.
+            observations += tuple(Observation(t.run_id, t.trial_id, t.params, None, diverged=True)
+                                  for t in records if t.status == "FAILED" and t.diverged)
+            scored = [o for o in observations if o.value is not None]
+            best = max(scored, key=lambda o: sign * o.value) if scored else None  # type: ignore[operator]
+            summaries[cell_id] = CellSummary(
+                cell_id, parent_ids.get(cell_id), finished=len(finished),
+                failed=sum(t.status == "FAILED" for t in records),
+                running=sum(t.status == "RUNNING" for t in records),
+                killed=sum(t.status == "KILLED" for t in records),
+                best_value=best.value if best else None, best_run_id=best.run_id if best else None,
+                observations=observations,
+                final_finished=sum(t.phase == "final" and t.status == "FINISHED" for t in every),
+                final_diverged=sum(t.phase == "final" and t.status == "FAILED" and t.diverged for t in every))
+        return summaries
+
+    # -- the writer -------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is written (or given up on); False on timeout."""
+        return self._writer.flush(timeout)
+
+    def pending(self) -> list[PendingWrite]:
+        """Writes waiting for the store to come back (retried by themselves), oldest first."""
+        return self._writer.pending()
+
+    def rejected(self) -> list[PendingWrite]:
+        """Writes the store refused for good (bad requests), oldest first."""
+        return self._writer.rejected()
+
+    def retry_pending(self) -> int:
+        """Retry the waiting writes now rather than after their back-off; returns how many wait."""
+        return self._writer.retry_pending()
+
+    @property
+    def spool_path(self) -> Path | None:
+        """This tracker's journal: where writes the store has not taken are kept on disk."""
+        return self._writer.spool_path
+
+    def recover(self) -> list[Path]:
+        """Queue what earlier drivers journalled but never wrote (killed, or cut off from the store),
+        oldest first, ahead of this tracker's own writes; returns the journals taken over.
+
+        Replaying is safe when part of it was written: MLflow keeps one copy of a repeated metric
+        point, a create first looks for the trial's run, and statuses end as they ended then.
+        """
+        if self.spool_dir is None:
+            return []
+        taken = []
+        for unwritten in read_spools(self.spool_dir):
+            for handle, run_id in unwritten.runs.items():
+                self._writer.known(handle, run_id)
+            for write in unwritten.writes:
+                if write.kind == "metrics":
+                    self._writer.add_metrics(write.run_id, list(write.payload))  # rows are tuples already
+                else:
+                    self._writer.add(write, replayed=True)
+            # Journalled again by this tracker's own spool, so the old file can go.
+            unwritten.path.unlink(missing_ok=True)
+            taken.append(unwritten.path)
+        return taken
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything queued and stop the writer thread. Idempotent."""
+        atexit.unregister(self._close_at_exit)
+        self._writer.close(timeout)
+
+    def __enter__(self) -> StudyTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _cell(self, cell_id: str) -> _Cell:
+        with self._lock:
+            cell = self._cells.get(cell_id)
+        if cell is None:
+            raise KeyError(f"unknown cell {cell_id!r}: call cell_run() for it first")
+        return cell
+
+    def _call(self, action: Callable[[MlflowClient], T]) -> T:
+        try:
+            return self._writer.call(action, self._call_timeout_s)
+        except (UserError, TrackingWriteError, KeyError, ValueError):
+            raise
+        except Exception as err:
+            raise TrackingWriteError(f"MLflow store {redact(self.uri)}: {err}") from err
+
+    def _find_trial(self, client: MlflowClient, handle: str) -> str | None:
+        """The run of a trial handle in the store (a resumed trial; a create that may have been made)."""
+        trial_id = handle.split(":", 1)[1]
+        found = client.search_runs([self.experiment_id],
+                                   f"tags.`{KIND_TAG}` = 'trial' and tags.`{TRIAL_ID_TAG}` = {_literal(trial_id)}",
+                                   max_results=1, order_by=["attributes.start_time ASC"])
+        return found[0].info.run_id if found else None
+
+    def _search(self, client: MlflowClient, query: str, order_by: list[str] | None = None) -> list[Run]:
+        """Every run of the study matching `query`, page after page."""
+        runs: list[Run] = []
+        token: str | None = None
+        while True:
+            page = client.search_runs([self.experiment_id], query, max_results=self._page_size,
+                                      order_by=order_by, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+def _experiment(client: MlflowClient, study: str, artifact_location: str | None, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        try:
+            return client.create_experiment(study, artifact_location=artifact_location)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":  # else another process just made it
+                raise
+            experiment = client.get_experiment_by_name(study)
+            assert experiment is not None
+    if experiment.lifecycle_stage == "deleted":
+        raise UserError(
+            f"the MLflow experiment {study!r} in {redact(uri)} is deleted: restore it "
+            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`), "
+            "remove it for good (`mlflow gc`), or give the study another name")
+    return experiment.experiment_id
+
+
+def _literal(value: str) -> str:
+    """A quoted value for a search filter; MLflow's filter grammar has no escape for quotes."""
+    if "'" in value or '"' in value:
+        raise ValueError(f"ids used in MLflow search filters cannot contain quotes: {value!r}")
+    return f"'{value}'"
+
+
