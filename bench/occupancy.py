@@ -79,9 +79,10 @@ def sleeping_trial(config: dict, cells: dict, *, out: str) -> None:
 def run_study(folder: Path, trials_per_cell: int, concurrent: int,
               largest_first: bool) -> tuple[list[dict[str, Any]], float]:
     from wgtune.run.driver import RunSettings, run_experiment
-    from wgtune.spec.grid import load_grid
     from wgtune.run.study import prepare
-    from wgtune.tracking.tracker import StudyTracker, artifact_root
+    from wgtune.spec.grid import load_grid
+    from wgtune.tracking.store import artifact_root
+    from wgtune.tracking.tracker import StudyTracker
 
     folder.mkdir(parents=True)
     grid_file = folder / "grid.yaml"

@@ -149,9 +149,10 @@ def run_callback(folder: Path, trials: int) -> tuple[Clock, str]:
 
 def run_wgtune(folder: Path, trials_per_cell: int, profiler: cProfile.Profile | None = None) -> tuple[Clock, float, str]:
     from wgtune.run.driver import RunSettings, run_experiment
-    from wgtune.spec.grid import load_grid
     from wgtune.run.study import prepare
-    from wgtune.tracking.tracker import StudyTracker, artifact_root
+    from wgtune.spec.grid import load_grid
+    from wgtune.tracking.store import artifact_root
+    from wgtune.tracking.tracker import StudyTracker
 
     folder.mkdir(parents=True, exist_ok=True)
     grid_file = folder / "grid.yaml"

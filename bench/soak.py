@@ -68,7 +68,7 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
     """The real trial; with probability `rate` per attempt, one fault at a random epoch."""
     from ray import tune
 
-    from wgtune import driver
+    from wgtune.run.driver import run_trial
 
     trial_id = tune.get_context().get_trial_id()
     with open(Path(root) / "attempts.log", "a") as log:  # one short line per attempt: O_APPEND is atomic
@@ -81,7 +81,7 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
     fault = rng.choice(FAULTS) if rng.random() < rate else None
     at_epoch = rng.randint(1, int(cells[config["cell"]].base_config["epochs"]))
     if fault is None:
-        driver._run_trial(config, cells)
+        run_trial(config, cells)
         return
 
     def strike(metrics: dict[str, Any]) -> None:
@@ -94,24 +94,11 @@ def faulty_trial(config: dict[str, Any], cells: Any, root: str, rate: float, see
 
 
 def run_trial_watching(config: dict[str, Any], cells: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
-    """The real trial (`wgtune.run.driver._run_trial`), calling `on_epoch(metrics)` before each epoch is
+    """The real trial (`wgtune.run.driver.run_trial`), calling `on_epoch(metrics)` before each epoch is
     reported to Tune: where the soak and the fault tests cause their faults."""
-    from ray import tune
+    from wgtune.run.driver import run_trial
 
-    from wgtune import driver
-
-    report = tune.report
-
-    def watched(metrics: dict[str, Any], **kwargs: Any) -> None:
-        if "epoch" in metrics:  # an epoch's result (a diverged trial's last result is not one)
-            on_epoch(metrics)
-        report(metrics, **kwargs)
-
-    tune.report = watched  # this worker process only; put back for the next trial it runs
-    try:
-        driver._run_trial(config, cells)
-    finally:
-        tune.report = report
+    run_trial(config, cells, on_epoch=on_epoch)
 
 
 def inject(fault: str) -> None:
@@ -131,14 +118,12 @@ def inject(fault: str) -> None:
 
 def drive(workdir: Path, rate: float, seed: int) -> int:
     """One launch of the soak's study, with faults injected (the driver process)."""
-    from wgtune import study
     from wgtune.cli import main
+    from wgtune.commands.launch import LaunchCommand
 
     trial_fn = functools.partial(faulty_trial, root=str(workdir), rate=rate, seed=seed)
-    # The CLI's launch command (it imports `launch` when it runs), with the seam set: its
-    # messages and exit codes are the product's.
-    study.launch = functools.partial(study.launch, trial_fn=trial_fn)
-    return main(["launch", "--grid", str(workdir / "grid.yaml")])
+    # The CLI's launch command with the trial seam set: its messages and exit codes are the product's.
+    return main(["launch", "--grid", str(workdir / "grid.yaml")], commands=[LaunchCommand(trial_fn=trial_fn)])
 
 
 # -- the controller ------------------------------------------------------------------------------

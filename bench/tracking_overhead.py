@@ -30,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from bench.machine import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tracking_overhead.md"
-from wgtune.tracking.tracker import CellInfo, StudyTracker, artifact_root  # noqa: E402
+from wgtune.tracking.records import CellRecord  # noqa: E402
+from wgtune.tracking.store import artifact_root  # noqa: E402
+from wgtune.tracking.tracker import StudyTracker  # noqa: E402
 
-CELL = CellInfo("waterbirds/resnet-18/groupdro/scratch", "waterbirds", "resnet", "18", "resnet-18",
+CELL = CellRecord("waterbirds/resnet-18/groupdro/scratch", "waterbirds", "resnet", "18", "resnet-18",
                 11_200_000, "groupdro", False)
 PARAMS = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "objective_options": {"eta": 0.01}}
 

@@ -7,12 +7,12 @@ by suggest -> evaluate -> on_trial_complete (no Ray), all on the product's ERM s
 (`load_space("erm")`: lr and weight_decay loguniform, batch_size and optimizer choices; momentum
 and schedule fixed):
 
-(a)  random     `CellPlan(n_startup=cap)`: every suggestion is hyperopt's rand.suggest.
+(a)  random     `SearchPlan(n_startup=cap)`: every suggestion is hyperopt's rand.suggest.
 (b)  cold TPE   the product default, `n_startup=5`, no priors.
 (c)  resumed    a previous cold-TPE run of the same cell (its first `--history` trials, another
                 seed) fed back the way a re-launch does: MLflow-style string params in
                 `Observation`s of a `CellSummary`, through `priors.cell_priors` (parse, encode,
-                negate) into `CellPlan.observations`; NEW trials are counted. Two readings, both
+                negate) into `SearchPlan.observations`; NEW trials are counted. Two readings, both
                 shown: until a new trial is within ε (what the resumed search itself achieves),
                 and until the cell's best is (0 when the history already holds one: that
                 measures the history as much as the search).
@@ -87,11 +87,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from hyperopt import __version__ as HYPEROPT_VERSION  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
-from wgtune.spec.grid import Cell, PriorSettings  # noqa: E402
+from wgtune.search.budget import CellBudget  # noqa: E402
 from wgtune.search.priors import CellPriors, cell_priors  # noqa: E402
-from wgtune.search.router import CellPlan, CellRouter  # noqa: E402
+from wgtune.search.router import CellRouter, SearchPlan  # noqa: E402
+from wgtune.spec.grid import Cell, PriorSettings  # noqa: E402
 from wgtune.spec.spaces import SearchSpace, load_space  # noqa: E402
-from wgtune.tracking.records import CellSummary, Observation, loggable_params  # noqa: E402
+from wgtune.tracking.records import loggable_params  # noqa: E402
+from wgtune.tracking.summary import CellSummary, Observation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "warm_start.md"
 METRIC = "best/val_worst_acc"
@@ -194,7 +196,7 @@ def cell(model: str) -> Cell:
 SIZES_BY_CELL = {cell(m).id: n for m, n in SIZES.items()}
 
 
-def search(plan: CellPlan, model: str, target: float | None, stop_from: int = 0) -> list[tuple[dict[str, Any], float]]:
+def search(plan: SearchPlan, model: str, target: float | None, stop_from: int = 0) -> list[tuple[dict[str, Any], float]]:
     """Run `plan`'s budget, stopping at the first value >= `target` (if given) from trial
     `stop_from` (0-based) on: (params, value) per trial."""
     router = CellRouter([plan], metric=METRIC, mode="max")
@@ -219,10 +221,9 @@ def summary(model: str, trace: list[tuple[dict[str, Any], float]], role: str) ->
                        best_run_id=best.run_id, observations=observations)
 
 
-def plan_of(model: str, priors: CellPriors, budget: int, plan_seed: int) -> CellPlan:
-    """As `wgtune.run.driver._search_plan` builds it."""
-    return CellPlan(cell(model).id, priors.space.to_hyperopt(), budget, plan_seed, N_STARTUP,
-                    observations=priors.observations, first_points=priors.first_points)
+def plan_of(model: str, priors: CellPriors, budget: int, plan_seed: int) -> SearchPlan:
+    """As `wgtune.run.driver.search_plan` builds it."""
+    return SearchPlan(cell(model).id, priors.space.to_hyperopt(), CellBudget(budget), plan_seed, N_STARTUP, observations=priors.observations, first_points=priors.first_points)
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def repetition(args: tuple[Config, int, dict[str, float], dict[str, Any]]) -> Re
 
     def cold(model: str, role: str, budget: int, stop: float | None, n_startup: int = N_STARTUP,
              stop_from: int = 0) -> list[tuple[dict[str, Any], float]]:
-        plan = CellPlan(cell(model).id, cold_space, budget, seed(role, model, rep), n_startup)
+        plan = SearchPlan(cell(model).id, cold_space, CellBudget(budget), seed(role, model, rep), n_startup)
         return search(plan, model, stop, stop_from)
 
     def transfer(model: str, history: dict[str, CellSummary], name: str, narrow: str) -> None:

@@ -18,7 +18,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainables.config import TrialConfig
 from trainables.datasets import DATASETS, GroupData, GroupSplit, Preprocessing, load_dataset
-from trainables.metrics import GroupAccuracy, group_accuracy
+from trainables.metrics import (
+    BEST_EPOCH,
+    CHECKPOINT_SECONDS,
+    EPOCH,
+    IMAGES_PER_S,
+    LR,
+    SELECTED,
+    SELECTION_METRIC,
+    STEP_METRIC,
+    TEST,
+    TRAIN,
+    VAL,
+    GroupAccuracy,
+    best_key,
+    group_accuracy,
+    metric_key,
+)
 from trainables.models import ModelSize, create_model, resolve
 from trainables.objectives import Objective, create_objective
 
@@ -52,12 +68,14 @@ def train(
     metrics: dict[str, float] = dict(run.best)
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         metrics = run.train_epoch(epoch)
-        metrics.update(run.evaluate(run.data.val).as_metrics("val"))
-        metrics.update(run.evaluate(run.data.test).as_metrics("test"))
+        metrics.update(run.evaluate(run.data.val).as_metrics(VAL))
+        metrics.update(run.evaluate(run.data.test).as_metrics(TEST))
         run.update_best(epoch, metrics)
         metrics.update(run.best)
         run.epoch = epoch
+        saving = time.perf_counter()
         run.save(checkpoint_dir / CHECKPOINT_FILE)
+        metrics[CHECKPOINT_SECONDS] = time.perf_counter() - saving
         if report is not None:
             report(metrics, checkpoint_dir)
     return metrics
@@ -141,8 +159,9 @@ class _Run:
             batches += 1
             images += len(y)
         seconds = time.perf_counter() - start
-        metrics = {f"train/{key}": value / max(batches, 1) for key, value in sums.items()}
-        metrics.update({"epoch": float(epoch), "train/images_per_s": images / seconds, "lr": self.scheduler.get_last_lr()[0]})
+        metrics = {metric_key(TRAIN, key): value / max(batches, 1) for key, value in sums.items()}
+        metrics.update({EPOCH: float(epoch), IMAGES_PER_S: images / seconds,
+                        LR: self.scheduler.get_last_lr()[0]})
         return metrics
 
     @torch.no_grad()
@@ -157,16 +176,10 @@ class _Run:
 
     def update_best(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Model selection: the epoch with the best validation worst-group accuracy (first on ties)."""
-        if self.best and not metrics["val/worst_acc"] > self.best["best/val_worst_acc"]:
+        if self.best and not metrics[STEP_METRIC] > self.best[SELECTION_METRIC]:
             return
-        self.best = {
-            "best/epoch": float(epoch),
-            "best/val_worst_acc": metrics["val/worst_acc"],
-            "best/val_avg_acc": metrics["val/avg_acc"],
-            "best/test_worst_acc": metrics["test/worst_acc"],
-            "best/test_avg_acc": metrics["test/avg_acc"],
-            "best/test_weighted_acc": metrics["test/weighted_acc"],
-        }
+        self.best = {BEST_EPOCH: float(epoch),
+                     **{best_key(split, name): metrics[metric_key(split, name)] for split, name in SELECTED}}
 
     def save(self, path: Path) -> None:
         state = {

@@ -10,27 +10,12 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from wgtune.spec.errors import user_errors
 
-
-class Command:
-    """One subcommand: its arguments and what it does."""
-
-    name: ClassVar[str]
-    help: ClassVar[str]
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Declare the subcommand's flags."""
-
-    def epilog(self) -> str | None:
-        """Extra help text, computed only when help is shown (it may import heavy modules)."""
-        return None
-
-    def run(self, args: argparse.Namespace) -> int:
-        """Do the work; return the exit code."""
-        raise NotImplementedError
+if TYPE_CHECKING:
+    from wgtune.commands.base import Command
 
 
 class _LazyEpilogParser(argparse.ArgumentParser):
@@ -73,9 +58,10 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `wgtune` console script."""
-    commands = _commands()
+def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = ()) -> int:
+    """Entry point of the `wgtune` console script; `commands` replace the built-in ones of the same name
+    (how a benchmark runs `launch` with its own trial function through the real command line)."""
+    commands = {**_commands(), **{command.name: command for command in commands}}
     parser = build_parser(commands)
     args = parser.parse_args(argv)
     # MLflow announces every schema migration of a new store at INFO (it configures its logger

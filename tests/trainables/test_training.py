@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.trainables.wilds_layouts import make_waterbirds
+from trainables.metrics import CHECKPOINT_SECONDS, IMAGES_PER_S, TIMINGS
 from trainables.objectives import OBJECTIVES
 from trainables.training import CHECKPOINT_FILE, DivergedError, train
 
@@ -38,7 +39,7 @@ def test_reports_every_epoch_with_per_group_metrics_of_val_and_test(tmp_path):
             assert {f"{split}/avg_acc", f"{split}/worst_acc", f"{split}/weighted_acc"} <= r.keys()
             groups = [r[f"{split}/acc_g{k}"] for k in range(4)]
             assert r[f"{split}/worst_acc"] == min(groups)
-        assert math.isfinite(r["train/loss"]) and r["train/images_per_s"] > 0
+        assert math.isfinite(r["train/loss"]) and r[IMAGES_PER_S] > 0 and r[CHECKPOINT_SECONDS] > 0
     assert final == reports[-1]
     assert len(set(checkpoints)) == 1
 
@@ -57,7 +58,7 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
     first, _, _ = run(TINY, tmp_path / "a")
     second, _, _ = run(TINY, tmp_path / "b")
 
-    strip = lambda r: {k: v for k, v in r.items() if k != "train/images_per_s"}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}  # noqa: E731
     assert [strip(r) for r in first] == [strip(r) for r in second]
 
 
@@ -75,7 +76,7 @@ def test_resuming_from_a_checkpoint_continues_exactly_where_it_stopped(tmp_path)
         train({**TINY, "epochs": 3}, stop_after_first, workdir=tmp_path / "interrupted")
     resumed, _, _ = run({**TINY, "epochs": 3}, tmp_path / "resumed", resume_from=tmp_path / "interrupted" / "checkpoint")
 
-    strip = lambda r: {k: v for k, v in r.items() if k != "train/images_per_s"}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}  # noqa: E731
     assert [r["epoch"] for r in resumed] == [2.0, 3.0]
     assert [strip(r) for r in resumed] == [strip(r) for r in straight[1:]]
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from wgtune.spec.grid import Grid
     from wgtune.run.plan import PlannedCell
     from wgtune.run.progress import CellProgress
-    from wgtune.tracking.tracker import StudyTracker, TrialRecord
+    from wgtune.spec.grid import Grid
+    from wgtune.tracking.records import TrialRecord
+    from wgtune.tracking.tracker import StudyTracker
 
 
 @dataclass
@@ -23,7 +24,8 @@ class StudyRun:
 def planned_study(grid: Grid) -> tuple[StudyTracker, list[PlannedCell]]:
     """The grid's StudyTracker on a fresh SQLite store in its study folder, and its planned cells."""
     from wgtune.run.study import prepare
-    from wgtune.tracking.tracker import StudyTracker, artifact_root
+    from wgtune.tracking.store import artifact_root
+    from wgtune.tracking.tracker import StudyTracker
 
     tracker = StudyTracker(f"sqlite:///{grid.study_dir / 'mlflow.db'}", grid.spec.study, artifact_root(grid.study_dir))
     return tracker, prepare(grid, tracker)

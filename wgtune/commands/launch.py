@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import Callable
 
-from wgtune.cli import Command
-
-
-def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every study command takes: the grid and where its runs are tracked."""
-    parser.add_argument("--grid", type=Path, required=True, help="the study's grid file (YAML)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <study dir>/mlflow.db)")
+from wgtune.commands.base import Command, add_study_arguments
 
 
 class LaunchCommand(Command):
+    """`trial_fn(config, cells)`, if given, replaces the training trial (the soak injects faults through it)."""
+
     name = "launch"
     help = "Run a study: every cell's search on Ray Tune, every trial in MLflow. Re-run to resume."
+
+    def __init__(self, trial_fn: Callable[..., None] | None = None) -> None:
+        self.trial_fn = trial_fn
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_study_arguments(parser)
@@ -29,12 +27,12 @@ class LaunchCommand(Command):
                             help="how often to print the per-cell table while running")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.spec.grid import load_grid
         from wgtune.run.study import LaunchOptions, describe, launch
+        from wgtune.spec.grid import load_grid
 
         grid = load_grid(args.grid)
         if args.dry_run:
             print(describe(grid, args.tracking_uri))
             return 0
-        launch(grid, LaunchOptions(args.tracking_uri, args.address, args.progress_every))
+        launch(grid, LaunchOptions(args.tracking_uri, args.address, args.progress_every), trial_fn=self.trial_fn)
         return 0

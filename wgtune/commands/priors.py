@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from wgtune.cli import Command
-from wgtune.commands.launch import add_study_arguments
+from wgtune.commands.base import Command, add_study_arguments
 
 
 class PriorsCommand(Command):
@@ -18,8 +17,8 @@ class PriorsCommand(Command):
                             help="only cells whose id matches this shell pattern, e.g. '*/resnet-18/*'")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.spec.grid import load_grid
         from wgtune.run.study import priors_report
+        from wgtune.spec.grid import load_grid
 
         print(priors_report(load_grid(args.grid), args.tracking_uri, args.cell))
         return 0

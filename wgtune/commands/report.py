@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wgtune.cli import Command
-from wgtune.commands.launch import add_study_arguments
+from wgtune.commands.base import Command, add_study_arguments
 
 
 class ReportCommand(Command):
@@ -18,8 +17,8 @@ class ReportCommand(Command):
         parser.add_argument("--out", type=Path, default=None, help="folder for the report (default: <study_dir>/report)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.spec.grid import load_grid
         from wgtune.run.study import report
+        from wgtune.spec.grid import load_grid
 
         files = report(load_grid(args.grid), args.out, args.tracking_uri)
         print("\n".join(str(path) for path in files))

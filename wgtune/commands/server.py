@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from wgtune.cli import Command
-from wgtune.commands.ui import LOOPBACK, _url_host
+from wgtune.commands.base import LOOPBACK, Command, url_host
 from wgtune.tracking.store import sqlite_path
 
 DEFAULT_DIR = "wgtune_server"
@@ -173,7 +172,7 @@ def server_command(store: str, artifacts: str, host: str, port: int, workers: in
 def server_banner(store: str, artifacts: str, host: str, port: int) -> str:
     from wgtune.tracking.store import redact
 
-    where = _url_host(host)
+    where = url_host(host)
     where = f"[{where}]" if ":" in where else where
     reach = "this machine" if host in LOOPBACK else f"the network ({host})"
     return (f"MLflow tracking server on http://{where}:{port}, for {reach}  (Ctrl-C stops it)\n"

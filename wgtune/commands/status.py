@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from wgtune.cli import Command
-from wgtune.commands.launch import add_study_arguments
+from wgtune.commands.base import Command, add_study_arguments
 
 
 class StatusCommand(Command):
@@ -16,8 +15,8 @@ class StatusCommand(Command):
         add_study_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.spec.grid import load_grid
         from wgtune.run.study import status
+        from wgtune.spec.grid import load_grid
 
         print(status(load_grid(args.grid), args.tracking_uri))
         return 0

@@ -9,7 +9,21 @@ from typing import Any
 
 import yaml
 
-from wgtune.cli import Command
+from trainables.metrics import (
+    AVG_ACC,
+    BEST_EPOCH,
+    BEST_TEST_AVG,
+    BEST_TEST_WORST,
+    EPOCH,
+    IMAGES_PER_S,
+    SELECTION_METRIC,
+    TEST,
+    TRAIN,
+    VAL,
+    WORST_ACC,
+    metric_key,
+)
+from wgtune.commands.base import Command
 from wgtune.spec.errors import UserError
 
 # Flags that map one-to-one onto TrialConfig fields: (flag, field, type, help).
@@ -75,8 +89,8 @@ class TrainCommand(Command):
               f"for {config.epochs} epochs; checkpoint in {out}")
         final = train(config, _print_epoch, workdir=out, resume_from=args.resume)
         print(
-            f"best epoch {final['best/epoch']:.0f}: val worst-group {final['best/val_worst_acc']:.3f}, "
-            f"test worst-group {final['best/test_worst_acc']:.3f}, test average {final['best/test_avg_acc']:.3f}"
+            f"best epoch {final[BEST_EPOCH]:.0f}: val worst-group {final[SELECTION_METRIC]:.3f}, "
+            f"test worst-group {final[BEST_TEST_WORST]:.3f}, test average {final[BEST_TEST_AVG]:.3f}"
         )
         return 0
 
@@ -124,9 +138,9 @@ def _key_values(flag: str, items: list[str]) -> dict[str, Any]:
 def _print_epoch(metrics: dict[str, float], checkpoint: Path) -> None:
     del checkpoint
     print(
-        f"epoch {metrics['epoch']:>3.0f}  loss {metrics['train/loss']:.4f}  "
-        f"val avg {metrics['val/avg_acc']:.3f} worst {metrics['val/worst_acc']:.3f}  "
-        f"test avg {metrics['test/avg_acc']:.3f} worst {metrics['test/worst_acc']:.3f}  "
-        f"({metrics['train/images_per_s']:.0f} img/s)",
+        f"epoch {metrics[EPOCH]:>3.0f}  loss {metrics[metric_key(TRAIN, 'loss')]:.4f}  "
+        f"val avg {metrics[metric_key(VAL, AVG_ACC)]:.3f} worst {metrics[metric_key(VAL, WORST_ACC)]:.3f}  "
+        f"test avg {metrics[metric_key(TEST, AVG_ACC)]:.3f} worst {metrics[metric_key(TEST, WORST_ACC)]:.3f}  "
+        f"({metrics[IMAGES_PER_S]:.0f} img/s)",
         flush=True,
     )

@@ -7,10 +7,7 @@ import os
 import subprocess
 import sys
 
-from wgtune.cli import Command
-from wgtune.commands.launch import add_study_arguments
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+from wgtune.commands.base import LOOPBACK, Command, add_study_arguments, url_host
 
 
 class UICommand(Command):
@@ -41,7 +38,7 @@ class UICommand(Command):
             print(f"warning: the MLflow UI is reachable from the network on {args.host}:{args.port}, "
                   "with no authentication", file=sys.stderr)
         command = ui_command(uri, args.host, args.port)
-        print(f"MLflow UI for study {grid.spec.study}: http://{_url_host(args.host)}:{args.port}  (Ctrl-C stops it)",
+        print(f"MLflow UI for study {grid.spec.study}: http://{url_host(args.host)}:{args.port}  (Ctrl-C stops it)",
               flush=True)
         # MLflow's UI fetches a telemetry config from the internet at start; studies often run where
         # there is none, and nobody asked for it. A user who wants it sets the variable to false.
@@ -54,7 +51,3 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
     # One worker: the UI serves one person, and each worker costs seconds to start and ~150 MB.
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
             "--workers", "1"]
-
-
-def _url_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::") else host

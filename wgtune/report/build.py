@@ -10,54 +10,26 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
+from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, SELECTION_METRIC
 from wgtune.report.fit import FIT_SCALE, SIGMA_FLOOR, FitError, PowerLaw, fit_power_law
-from wgtune.tracking.tracker import OBJECTIVE_METRIC
-from wgtune.tracking.records import CELL_TAG
+from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, CellRecord
 
 if TYPE_CHECKING:
-    from wgtune.tracking.tracker import CellInfo, TrialRecord
+    from wgtune.tracking.records import TrialRecord
 
 __all__ = [
     "FINAL", "FIT_SCALE", "MISSING", "SEARCH_ONLY", "SEARCH_ONLY_NOTE", "SELECTION_RULE", "SIGMA_FLOOR",
-    "CellRow", "CurvePoint", "Estimate", "FitError", "PowerLaw", "ReportRow", "Series", "SeriesFit",
+    "CurvePoint", "Estimate", "FitError", "PowerLaw", "ReportRow", "Series", "SeriesFit",
     "StudyReport", "build_report", "estimate", "fit_power_law", "fit_series", "interval_text", "select_trial",
 ]
 
 SELECTION_RULE = "best validation worst-group accuracy over the search trials (the best epoch of each)"
-VAL_WORST = OBJECTIVE_METRIC
-TEST_WORST, TEST_AVG, TEST_WEIGHTED = "best/test_worst_acc", "best/test_avg_acc", "best/test_weighted_acc"
-FINAL, SEARCH_ONLY, MISSING = "final", "search only", "missing"
+VAL_WORST, TEST_WORST, TEST_AVG, TEST_WEIGHTED = SELECTION_METRIC, BEST_TEST_WORST, BEST_TEST_AVG, BEST_TEST_WEIGHTED
+FINAL, SEARCH_ONLY, MISSING = PHASE_FINAL, "search only", "missing"
 MIN_FIT_SIZES = 4
 SEARCH_ONLY_NOTE = "search only: test metrics of the chosen search trial (one run, no final seeds yet)"
-
-
-@dataclass(frozen=True)
-class CellRow:
-    """One cell as its MLflow parent run's tags describe it."""
-
-    cell_id: str
-    dataset: str
-    model: str
-    family: str
-    n_params: int
-    objective: str
-    pretrained: bool
-
-    @classmethod
-    def from_info(cls, info: CellInfo) -> CellRow:
-        """The row of a grid cell's `CellInfo`."""
-        return cls(info.cell_id, info.dataset, info.model, info.family, info.n_params, info.objective,
-                   info.pretrained)
-
-    @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> CellRow:
-        """The row of a parent run's tags (`CellInfo.tags()`); absent tags read as unknown."""
-        count = tags.get("wgtune.n_params", "")
-        return cls(tags.get(CELL_TAG, ""), tags.get("wgtune.dataset", ""), tags.get("wgtune.model", ""),
-                   tags.get("wgtune.family", ""), int(count) if count.isdigit() else 0,
-                   tags.get("wgtune.objective", ""), tags.get("wgtune.pretrained", "").lower() == "true")
 
 
 class Estimate(NamedTuple):
@@ -174,14 +146,14 @@ def interval_text(confidence: float = 0.95) -> str:
 
 
 def select_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The FINISHED search trial with the highest `best/val_worst_acc`, the earliest among ties (SELECTION_RULE)."""
+    """The FINISHED search trial with the highest `SELECTION_METRIC`, the earliest among ties (SELECTION_RULE)."""
     scored = [(t.metrics.get(VAL_WORST), t.start_time_ms or 0, i, t) for i, t in enumerate(trials)
-              if t.status == "FINISHED" and t.phase != "final"]
+              if t.status == "FINISHED" and t.phase != PHASE_FINAL]
     scored = [s for s in scored if s[0] is not None and math.isfinite(s[0])]
     return min(scored, key=lambda s: (-s[0], s[1], s[2]))[3] if scored else None  # type: ignore[operator]
 
 
-def build_report(cells: Sequence[CellRow], trials: Sequence[TrialRecord], expected_cells: Sequence[str] = (),
+def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], expected_cells: Sequence[str] = (),
                  confidence: float = 0.95) -> StudyReport:
     """The report of a (possibly partial) study: a row per cell, curves per dataset, a fit per series.
 
@@ -190,7 +162,7 @@ def build_report(cells: Sequence[CellRow], trials: Sequence[TrialRecord], expect
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
-    known: dict[str, CellRow] = {}
+    known: dict[str, CellRecord] = {}
     for cell in cells:
         known.setdefault(cell.cell_id, cell)
     by_cell: dict[str, list[TrialRecord]] = {}
@@ -201,7 +173,7 @@ def build_report(cells: Sequence[CellRow], trials: Sequence[TrialRecord], expect
     unknown = [c for c in ids if c not in known and c in by_cell]
     if unknown:
         notes.append(f"no cell metadata for {', '.join(unknown)}: listed, but on no curve")
-    rows = sorted((_row(known.get(c) or CellRow(c, "", "", "", 0, "", False), by_cell.get(c, []), confidence)
+    rows = sorted((_row(known.get(c) or CellRecord.unknown(c), by_cell.get(c, []), confidence)
                    for c in ids), key=_row_order)
     series = _series(rows)
     return StudyReport(SELECTION_RULE, interval_text(confidence), confidence, tuple(rows), series,
@@ -209,10 +181,10 @@ def build_report(cells: Sequence[CellRow], trials: Sequence[TrialRecord], expect
                        tuple(notes))
 
 
-def _row(cell: CellRow, trials: list[TrialRecord], confidence: float) -> ReportRow:
-    search = [t for t in trials if t.phase != "final"]
-    final, notes = _one_per_seed([t for t in trials if t.phase == "final" and t.status == "FINISHED"])
-    diverged = sorted({t.params.get("seed", "?") for t in trials if t.phase == "final" and t.diverged})
+def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float) -> ReportRow:
+    search = [t for t in trials if t.phase != PHASE_FINAL]
+    final, notes = _one_per_seed([t for t in trials if t.phase == PHASE_FINAL and t.status == "FINISHED"])
+    diverged = sorted({t.params.get(SEED_PARAM, "?") for t in trials if t.phase == PHASE_FINAL and t.diverged})
     if diverged:
         notes.append(f"the chosen config diverged on final seed(s) {', '.join(diverged)}: not in the mean")
     chosen = select_trial(search)
@@ -253,7 +225,7 @@ def _one_per_seed(final: list[TrialRecord]) -> tuple[list[TrialRecord], list[str
     latest: dict[str, TrialRecord] = {}
     repeated: list[str] = []
     for trial in sorted(final, key=lambda t: t.start_time_ms or 0):
-        seed = trial.params.get("seed")
+        seed = trial.params.get(SEED_PARAM)
         key = trial.run_id if seed is None else f"seed={seed}"
         if key in latest and key not in repeated:
             repeated.append(key)
@@ -265,7 +237,7 @@ def _one_per_seed(final: list[TrialRecord]) -> tuple[list[TrialRecord], list[str
 def _config_mismatch(chosen: TrialRecord, final: list[TrialRecord]) -> list[str]:
     # The search may have gone on after the final seeds ran and chosen another config.
     keys = sorted({k for t in final for k in chosen.params.keys() & t.params.keys()
-                   if k != "seed" and chosen.params[k] != t.params[k]})
+                   if k != SEED_PARAM and chosen.params[k] != t.params[k]})
     return [f"final seeds ran another config than the chosen one (differing: {', '.join(keys)})"] if keys else []
 
 

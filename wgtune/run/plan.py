@@ -9,49 +9,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from wgtune.spec.grid import Cell, Grid, ResourceSpec
+from wgtune.search.budget import CellBudget
 from wgtune.search.priors import CellPriors
+from wgtune.spec.grid import Cell, Grid, ResourceSpec
 from wgtune.spec.spaces import SearchSpace, load_space
-from wgtune.tracking.records import CellSummary
-
-OBJECTIVE_METRIC = "best/val_worst_acc"
-"""What every trial is selected on: the best epoch's validation worst-group accuracy."""
+from wgtune.tracking.summary import CellSummary
 
 
 @dataclass(frozen=True)
 class PlannedCell:
-    """One cell as a launch sees it."""
+    """One cell as a launch sees it: what it trains, on what, with how much budget left and which priors."""
 
     cell: Cell
     space: SearchSpace
     base_config: dict[str, Any]
     resources: ResourceSpec
-    budget: int
-    finished: int = 0
+    budget: CellBudget
     seed: int = 0
     priors: CellPriors | None = None
-    final_seeds: int = 0
-    final_finished: int = 0
-    final_diverged: int = 0
-    """Final seeds on which the chosen config diverged: done, and never re-trained (it would again)."""
-
-    @property
-    def remaining(self) -> int:
-        """Search trials still to run."""
-        return max(self.budget - self.finished, 0)
-
-    @property
-    def final_remaining(self) -> int:
-        """Final-seed re-trainings of the chosen config still to run (after the search)."""
-        return max(self.final_seeds - self.final_finished - self.final_diverged, 0)
-
-    @property
-    def has_work(self) -> bool:
-        return self.remaining > 0 or self.final_remaining > 0
 
 
 def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> list[PlannedCell]:
-    """Every cell's plan; `history` is what MLflow already holds per cell id."""
+    """Every cell's plan; `history` is what MLflow already holds per cell id (none: a new study)."""
     history = history or {}
     plans = []
     for cell in grid.cells():
@@ -60,21 +39,16 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> 
             grid.space_overrides(cell),
             override_source=f"{grid.path}: search_space",
         )
-        plans.append(
-            PlannedCell(
-                cell=cell,
-                space=space,
-                base_config=base_config(grid, cell),
-                resources=grid.resources(cell),
-                budget=grid.spec.search.num_samples,
-                finished=history[cell.id].finished if cell.id in history else 0,
-                seed=cell.seed(grid.spec.search.seed),
-                final_seeds=grid.spec.final_seeds,
-                final_finished=history[cell.id].final_finished if cell.id in history else 0,
-                final_diverged=history[cell.id].final_diverged if cell.id in history else 0,
-            )
-        )
+        plans.append(PlannedCell(cell=cell, space=space, base_config=base_config(grid, cell),
+                                 resources=grid.resources(cell), budget=cell_budget(grid, history.get(cell.id)),
+                                 seed=cell.seed(grid.spec.search.seed)))
     return plans
+
+
+def cell_budget(grid: Grid, summary: CellSummary | None) -> CellBudget:
+    """A cell's budget: the grid's per-cell counts, less what MLflow says is done."""
+    return CellBudget(search=grid.spec.search.num_samples, search_done=summary.finished if summary else 0,
+                      final=grid.spec.final_seeds, final_done=summary.final_done if summary else 0)
 
 
 def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from wgtune.run.plan import PlannedCell, plan_cells
+from wgtune.run.progress import CellProgress, render
+from wgtune.search.priors import cell_priors
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid, expand_study_dir
-from wgtune.run.plan import PlannedCell, plan_cells
-from wgtune.search.priors import cell_priors
-from wgtune.run.progress import CellProgress, render
-from wgtune.tracking.tracker import CellInfo, StudyTracker
+from wgtune.tracking.records import CellRecord
 from wgtune.tracking.spool import SPOOL_FOLDER
 from wgtune.tracking.store import (
     artifact_root,
@@ -31,6 +31,7 @@ from wgtune.tracking.store import (
     resolve_tracking_uri,
     sqlite_path,
 )
+from wgtune.tracking.tracker import StudyTracker
 
 Print = Callable[[str], None]
 
@@ -68,7 +69,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
         _recover(tracker, print_line)
         cells = _plan_launch(grid, tracker, print_line)
         print_line(_headline(grid, cells, uri, study_dir))
-        if any(c.has_work for c in cells):
+        if any(c.budget.has_work for c in cells):
             experiment = Experiment(grid)
             print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
                        "continue from their last epoch" if experiment.restore else
@@ -82,7 +83,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                 cells = _plan_launch(grid, tracker, print_line)
                 failing = tracker.failing_cells()
                 rerun = [c for c in cells if c.cell.id not in failing]
-                missing = sum(c.remaining + c.final_remaining for c in rerun)
+                missing = sum(c.budget.search_left + c.budget.final_left for c in rerun)
                 if missing:
                     print_line(f"{missing} trial(s) not recovered by the restored experiment: running them in a "
                                "new experiment, warm-started from MLflow")
@@ -186,7 +187,7 @@ def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[P
         print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
     cells = prepare(grid, tracker)
     for planned in cells:
-        if planned.has_work and planned.priors is not None:
+        if planned.budget.has_work and planned.priors is not None:
             tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
     return cells
 
@@ -197,7 +198,7 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
     from wgtune.run.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
 
     if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
-        tracker.clear_failing(c.cell.id for c in cells if c.has_work)
+        tracker.clear_failing(c.cell.id for c in cells if c.budget.has_work)
     settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
                                     address=options.address, progress_every_s=options.progress_every_s)
     experiment.begin()
@@ -223,15 +224,15 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[Pl
     """
     summaries = tracker.cell_summaries()
     cells = plan_cells(grid, summaries)
-    infos = {c.cell.id: cell_info(c) for c in cells}
-    n_params = {cell_id: info.n_params for cell_id, info in infos.items()}
+    records = {c.cell.id: cell_record(c) for c in cells}
+    n_params = {cell_id: record.n_params for cell_id, record in records.items()}
     peers = [c.cell for c in cells]
     planned = []
     for c in cells:
         priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors)
         planned.append(replace(c, priors=priors))
         if register:
-            tracker.cell_run(infos[c.cell.id])
+            tracker.cell_run(records[c.cell.id])
     return planned
 
 
@@ -274,13 +275,13 @@ def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTrack
 def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None) -> list[Path]:
     """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report)
     and logged on the study-level run "<study> · report". A partial study marks missing cells."""
-    from wgtune.report.build import CellRow, build_report
+    from wgtune.report.build import build_report
     from wgtune.report.figures import write_figures
     from wgtune.report.tables import write_tables
 
     folder = out or grid.study_dir / "report"
     with _existing_study(grid, tracking_uri) as tracker:
-        cells = [CellRow.from_tags(tags) for tags in tracker.cell_tags().values()]
+        cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
         built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()])
         folder.mkdir(parents=True, exist_ok=True)
         files = write_tables(built, folder) + write_figures(built, folder)
@@ -289,23 +290,16 @@ def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None)
 
 
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
-    """One progress row per cell of the grid, counted from the tracking store."""
+    """One progress row per cell of the grid, counted from the tracking store through the plan."""
     summaries = tracker.cell_summaries()
     failing = tracker.failing_cells()
     rows = {}
-    for cell in grid.cells():
-        s = summaries.get(cell.id)
-        rows[cell.id] = CellProgress(
-            cell.label,
-            grid.spec.search.num_samples,
-            final_budget=grid.spec.final_seeds,
-            final=s.final_finished + s.final_diverged if s else 0,
-            finished=s.finished if s else 0,
-            running=s.running if s else 0,
-            failed=s.failed if s else 0,
-            best=s.best_value if s else None,
-            failing=cell.id in failing,
-        )
+    for planned in plan_cells(grid, summaries):
+        s = summaries.get(planned.cell.id)
+        rows[planned.cell.id] = CellProgress(
+            planned.cell.label, planned.budget,
+            running=s.running if s else 0, failed=s.failed if s else 0, best=s.best_value if s else None,
+            failing=planned.cell.id in failing)
     return rows
 
 
@@ -324,12 +318,12 @@ def describe(grid: Grid, tracking_uri: str | None = None) -> str:
     for planned in cells:
         r = planned.resources
         lines.append(f"\n{planned.cell.label}  [{planned.cell.id}]")
-        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget}")
+        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget.search} search trials")
         lines.extend(f"  {line}" for line in planned.space.describe())
     return "\n".join(lines)
 
 
-def cell_info(planned: PlannedCell) -> CellInfo:
+def cell_record(planned: PlannedCell) -> CellRecord:
     """What the tracking store records about a cell, with its parameter count at the input size
     and class count the cell trains with (a ViT's position embedding depends on the size)."""
     from trainables.config import TrialConfig
@@ -339,21 +333,12 @@ def cell_info(planned: PlannedCell) -> CellInfo:
 
     cell = planned.cell
     prep = resolve_preprocessing(resolve(cell.model), cell.dataset, TrialConfig.from_mapping(planned.base_config))
-    return CellInfo(
-        cell_id=cell.id,
-        dataset=cell.dataset,
-        family=cell.family,
-        size=cell.size,
-        model=cell.model,
-        n_params=count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size),
-        objective=cell.objective,
-        pretrained=cell.pretrained,
-    )
+    return CellRecord.of(cell, count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size))
 
 
 def _headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:
-    remaining = sum(c.remaining for c in cells)
-    finals = sum(c.final_remaining for c in cells)
+    remaining = sum(c.budget.search_left for c in cells)
+    finals = sum(c.budget.final_left for c in cells)
     return (
         f"study {grid.spec.study}: {len(cells)} cells, {remaining} search trials and {finals} final-seed "
         f"trials to run; "

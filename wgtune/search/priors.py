@@ -1,8 +1,8 @@
 """Where each cell's TPE starts from: its own finished trials, or its neighbours' (transfer).
 
-Same-cell history becomes completed observations in the cell's hyperopt `Trials` (never re-run,
-decision 2). A cell without history learns from the cells of the same dataset, objective and
-pretrained flag at other sizes, nearest in parameter count first: their best configurations
+Same-cell history becomes completed observations in the cell's hyperopt `Trials` (never re-run:
+docs/design.md, decision 2). A cell without history learns from the cells of the same dataset,
+objective and pretrained flag at other sizes, nearest in parameter count first: their best configurations
 are proposed first, and optionally the space is narrowed to a box around their top
 configurations (Perrone et al. 2019, "Learning search spaces for Bayesian optimization").
 """
@@ -17,7 +17,7 @@ from wgtune.spec.spaces import SearchSpace, SpaceError
 
 if TYPE_CHECKING:
     from wgtune.spec.grid import Cell, PriorSettings
-    from wgtune.tracking.tracker import CellSummary, Observation
+    from wgtune.tracking.summary import CellSummary, Observation
 
 
 @dataclass(frozen=True)

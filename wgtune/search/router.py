@@ -1,12 +1,12 @@
 """One Ray Tune searcher for a whole grid: a hyperopt TPE per cell, routed by cell id.
 
-Each cell keeps its own hyperopt ``Trials``.  History of the cell is injected as completed
-trials (decision 2), transfer points are proposed first, and suggestions go to the cell that
-has started the fewest trials, so every cell progresses while slots are free (decision 5).
+Each cell keeps its own hyperopt ``Trials``. History of the cell is injected as completed trials
+(docs/design.md, decision 2), transfer points are proposed first, and suggestions go to the cell
+that has started the fewest trials, so every cell progresses while slots are free (decision 5).
 
 A trial that errors after Tune's retries is a failed hyperopt trial (TPE treats it as worse than
 any real result) and does not spend its budget slot: the cell gets a replacement, so it ends with
-its budget of completed trials. A cell stops (gives up) once `CellPlan.failure_cap` of its trials
+its budget of completed trials. A cell stops (gives up) once `SearchPlan.failure_cap` of its trials
 have failed, so a broken cell cannot loop forever; the router says FINISHED only when no running
 trial could still need a replacement.
 """
@@ -28,10 +28,13 @@ from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Trials, spec_from_m
 from hyperopt.utils import coarse_utcnow
 from ray.tune.search import Searcher
 
+from wgtune.search.budget import CellBudget
+from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["CellPlan", "CellRouter"]
+__all__ = ["CellRouter", "SearchPlan"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +42,28 @@ _STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class CellPlan:
-    """What one cell's search may do in this experiment, and what it starts from."""
+class SearchPlan:
+    """What one cell's search may do in this experiment, and what it starts from.
+
+    `budget.search_left` search trials and `budget.final_left` final seeds run in this experiment;
+    final seeds are numbered after the `budget.final_done` of earlier launches.
+    """
 
     cell: str
     space: dict[str, Any]
-    budget: int
+    budget: CellBudget
     seed: int
     n_startup: int = 5
     observations: tuple[tuple[dict[str, Any], float | None], ...] = ()  # loss None: a failed configuration
     first_points: tuple[dict[str, Any], ...] = ()
-    final_seeds: int = 0
-    """Re-trainings of the chosen config to run once the search is spent (the final phase)."""
-    final_offset: int = 0
-    """Final seeds done in earlier launches (finished or diverged): seed numbering continues after them."""
     max_failed: int | None = None
-    """Failed trials (search and final) after which the cell gives up; None: `budget + final_seeds`."""
+    """Failed trials (search and final) after which the cell gives up; None: as many as it has to run."""
 
     def __post_init__(self) -> None:
         if not self.cell:
-            raise ValueError("CellPlan.cell must be a non-empty id")
-        if min(self.budget, self.n_startup, self.final_seeds, self.final_offset) < 0:
-            raise ValueError(f"cell {self.cell!r}: budget, n_startup and final seeds must be >= 0")
+            raise ValueError("SearchPlan.cell must be a non-empty id")
+        if self.n_startup < 0:
+            raise ValueError(f"cell {self.cell!r}: n_startup must be >= 0")
         if self.max_failed is not None and self.max_failed < 1:
             raise ValueError(f"cell {self.cell!r}: max_failed must be >= 1 or None")
         if not self.space:
@@ -70,7 +73,17 @@ class CellPlan:
     def failure_cap(self) -> int:
         """How many trials may fail before the cell gives up: at most as many as it has to run,
         so a cell whose every trial fails (a bug, a bad space) costs at most twice its work."""
-        return self.max_failed if self.max_failed is not None else max(self.budget + self.final_seeds, 1)
+        return self.max_failed if self.max_failed is not None else max(self.search_trials + self.final_seeds, 1)
+
+    @property
+    def search_trials(self) -> int:
+        """Search trials to complete in this experiment (failed ones are replaced)."""
+        return self.budget.search_left
+
+    @property
+    def final_seeds(self) -> int:
+        """Final seeds to complete in this experiment, once the search is spent."""
+        return self.budget.final_left
 
 
 def _identity(space: Any) -> Any:
@@ -78,21 +91,21 @@ def _identity(space: Any) -> Any:
     return space
 
 
-def _plain(value: Any) -> Any:
+def _python_scalars(value: Any) -> Any:
     """Numpy scalars -> Python scalars, recursively (Tune configs and MLflow params want plain)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _python_scalars(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_python_scalars(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
-class _Cell:
+class _SearchState:
     """One cell's hyperopt state; its counters are rebuilt from the Trials docs on load."""
 
-    def __init__(self, plan: CellPlan) -> None:
+    def __init__(self, plan: SearchPlan) -> None:
         self.plan = plan
         self.domain = Domain(_identity, plan.space)
         self.algo: Callable[..., list[dict]] = functools.partial(
@@ -129,7 +142,7 @@ class _Cell:
         """A trial doc shaped exactly like the ones tpe/rand.suggest return."""
         misc: dict[str, Any] = {"tid": tid, "cmd": self.domain.cmd, "workdir": self.domain.workdir}
         misc["idxs"] = {k: [tid] if vals.get(k) is not None else [] for k in self.domain.params}
-        misc["vals"] = {k: [_plain(vals[k])] if vals.get(k) is not None else [] for k in self.domain.params}
+        misc["vals"] = {k: [_python_scalars(vals[k])] if vals.get(k) is not None else [] for k in self.domain.params}
         [doc] = self.trials.new_trial_docs([tid], [None], [self.domain.new_result()], [misc])
         return doc
 
@@ -151,7 +164,7 @@ class _Cell:
 
     def propose(self, trial_id: str) -> tuple[dict[str, Any], str]:
         """Insert the next trial doc of this cell; return it and how it was proposed."""
-        n_transfer = min(len(self.plan.first_points), self.plan.budget)
+        n_transfer = min(len(self.plan.first_points), self.plan.search_trials)
         [tid] = self.trials.new_trial_ids(1)
         if self.started < n_transfer:
             doc, proposal = self._doc(tid, self.plan.first_points[self.started]), "transfer"
@@ -174,7 +187,7 @@ class _Cell:
     def params(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Plain parameter values of a doc: hyperopt's own decoding (indices -> choices)."""
         memo = self.domain.memo_from_config(spec_from_misc(doc))
-        return _plain(pyll.rec_eval(self.domain.expr, memo=memo))
+        return _python_scalars(pyll.rec_eval(self.domain.expr, memo=memo))
 
     def best_loss(self) -> float | None:
         losses = [r["loss"] for r in self.trials.results if r.get("status") == STATUS_OK]
@@ -183,7 +196,7 @@ class _Cell:
     @property
     def search_left(self) -> int:
         """Search trials still to start: the budget less the started ones that have not failed."""
-        return max(self.plan.budget - (self.started - self.errors), 0)
+        return max(self.plan.search_trials - (self.started - self.errors), 0)
 
     @property
     def finals_left(self) -> int:
@@ -227,12 +240,12 @@ class _Cell:
         best = min((d for d in self.trials.trials if d["result"].get("status") == STATUS_OK),
                    key=lambda d: d["result"]["loss"])
         # A replacement re-trains its failed seed: the seeds finished stay the first N of the
-        # sequence, which is what the next launch's `final_offset` assumes.
+        # sequence, which is what the next launch's `budget.final_done` assumes.
         redo = self.seeds_to_redo()
         if redo:
             seed = redo[0]
         else:
-            index = self.plan.final_offset + len(set(self.finals.values()))
+            index = self.plan.budget.final_done + len(set(self.finals.values()))
             seed = (self.plan.seed + 1_000_003 * (index + 1)) % 2**31
         self.finals[trial_id] = seed
         self.finals_running.add(trial_id)
@@ -268,7 +281,7 @@ class CellRouter(Searcher):
 
     def __init__(
         self,
-        plans: Sequence[CellPlan],
+        plans: Sequence[SearchPlan],
         metric: str,
         mode: str = "max",
         max_running_per_cell: int | None = None,
@@ -287,7 +300,7 @@ class CellRouter(Searcher):
         self.max_running_per_cell = max_running_per_cell
         self.on_give_up = on_give_up
         self.failed_key = failed_key
-        self._cells = {p.cell: _Cell(p) for p in plans}
+        self._cells = {p.cell: _SearchState(p) for p in plans}
         self._index()
 
     def _index(self) -> None:
@@ -325,8 +338,8 @@ class CellRouter(Searcher):
         if cell.search_left == 0:
             final = cell.propose_final(trial_id)
             self._trial_cell[trial_id] = (cell.plan.cell, None)
-            return {"cell": cell.plan.cell, "params": final["params"], "proposal": "final",
-                    "phase": "final", "seed": final["seed"]}
+            return {"cell": cell.plan.cell, "params": final["params"], "proposal": PHASE_FINAL,
+                    "phase": PHASE_FINAL, SEED_PARAM: final["seed"]}
         doc, proposal = cell.propose(trial_id)
         self._trial_cell[trial_id] = (cell.plan.cell, doc["tid"])
         return {"cell": cell.plan.cell, "params": cell.params(doc["misc"]), "proposal": proposal}
@@ -354,7 +367,7 @@ class CellRouter(Searcher):
         if cell.gave_up and not gave_up and self.on_give_up is not None:
             self.on_give_up(name, cell.failures)
 
-    def _complete_search(self, cell: _Cell, doc: dict[str, Any], trial_id: str, result: dict | None,
+    def _complete_search(self, cell: _SearchState, doc: dict[str, Any], trial_id: str, result: dict | None,
                          error: bool) -> None:
         value = None if error or not result else result.get(self._metric)
         if error:
@@ -381,7 +394,7 @@ class CellRouter(Searcher):
 
     def progress(self) -> dict[str, dict[str, Any]]:
         """Per cell: started, finished, failed (errored: of these, after Tune's retries), running,
-        budget, final seeds started, running and failed, observed, gave up, best (metric units)."""
+        search trials to complete, final seeds started, running and failed, observed, gave up, best (metric units)."""
         out = {}
         for name, cell in self._cells.items():
             mine = [d for d in cell.trials.trials if "ray_trial_id" in d["misc"]]
@@ -393,7 +406,7 @@ class CellRouter(Searcher):
                 "failed": sum(d["result"].get("status") == STATUS_FAIL for d in done),
                 "errored": cell.errors,
                 "running": len(cell.running),
-                "budget": cell.plan.budget,
+                "search_trials": cell.plan.search_trials,
                 "final_started": len(cell.finals),
                 "final_running": len(cell.finals_running),
                 "final_failed": len(cell.finals_failed),
@@ -412,7 +425,7 @@ class CellRouter(Searcher):
                 name: {
                     "docs": copy.deepcopy(cell.trials.trials),
                     "rng": cell.rng.bit_generator.state,
-                    "budget": cell.plan.budget,
+                    "budget": cell.plan.search_trials,
                     "finals": dict(cell.finals),
                     "finals_running": sorted(cell.finals_running),
                     "finals_failed": sorted(cell.finals_failed),
@@ -428,14 +441,14 @@ class CellRouter(Searcher):
             raise ValueError(f"unsupported CellRouter state version {state.get('version')!r}")
         saved = state["cells"]
         if set(saved) != set(self._cells) or any(
-            saved[n]["budget"] != c.plan.budget for n, c in self._cells.items()
+            saved[n]["budget"] != c.plan.search_trials for n, c in self._cells.items()
         ):
-            # Restore cannot change the grid or budgets (decision 1): start a fresh,
+            # Restore cannot change the grid or budgets (docs/design.md, decision 1): start a fresh,
             # warm-started experiment for that.
             raise ValueError(
                 "CellRouter state was saved for other plans: cells/budgets "
                 f"{ {n: s['budget'] for n, s in saved.items()} } vs "
-                f"{ {n: c.plan.budget for n, c in self._cells.items()} }"
+                f"{ {n: c.plan.search_trials for n, c in self._cells.items()} }"
             )
         for name, cell in self._cells.items():
             cell.load(saved[name]["docs"])

@@ -117,6 +117,11 @@ class GridFile(_Strict):
     exclude: list[Filter] = Field(default_factory=list)
 
 
+def cell_label(dataset: str, model: str, objective: str, pretrained: bool) -> str:
+    """A cell's human name, `waterbirds · resnet-18 · groupdro` (+ ` · pretrained`): progress lines and run names."""
+    return " · ".join([dataset, model, objective] + (["pretrained"] if pretrained else []))
+
+
 @dataclass(frozen=True)
 class Cell:
     """One point of the study: its own search, budget and MLflow parent run."""
@@ -135,7 +140,7 @@ class Cell:
     @property
     def label(self) -> str:
         """Human name, as used for MLflow run names."""
-        return " · ".join([self.dataset, self.model, self.objective] + (["pretrained"] if self.pretrained else []))
+        return cell_label(self.dataset, self.model, self.objective, self.pretrained)
 
     def seed(self, study_seed: int) -> int:
         """A seed derived from what identifies the cell, stable across launches and machines."""

@@ -110,7 +110,7 @@ class SearchSpace:
         config: dict[str, Any] = {}
         options: dict[str, Any] = {}
         for d in self.dims:
-            value = d.args[0] if d.kind == "fixed" else _plain(d, params[d.name])
+            value = d.args[0] if d.kind == "fixed" else _as_dimension_type(d, params[d.name])
             (options if d.target == "objective_options" else config)[d.name] = value
         if options:
             config["objective_options"] = options
@@ -150,7 +150,7 @@ class SearchSpace:
                 raw = raw[0]
             if d.kind == "choice" and not 0 <= int(raw) < len(d.args):
                 raise SpaceError(f"cannot decode {name!r}: index {int(raw)} outside 0..{len(d.args) - 1}")
-            params[name] = d.args[int(raw)] if d.kind == "choice" else _plain(d, raw)
+            params[name] = d.args[int(raw)] if d.kind == "choice" else _as_dimension_type(d, raw)
         return params
 
     def contains(self, params: Mapping[str, Any]) -> str | None:
@@ -416,13 +416,13 @@ def _narrow_dim(d: Dimension, values: list[Any], margin: float) -> Dimension:
         q = d.args[2]
         low, high = max(lo0, math.floor(low / q) * q), min(hi0, math.ceil(high / q) * q)
     if low >= high:
-        return replace(d, kind="fixed", args=(_plain(d, vmin),), source=source)
+        return replace(d, kind="fixed", args=(_as_dimension_type(d, vmin),), source=source)
     if d.integer:
         return replace(d, args=(int(low), int(high), d.args[2]), source=source)
     return replace(d, kind=kind, args=(float(low), float(high), *d.args[2:]), source=source)
 
 
-def _plain(d: Dimension, value: Any) -> Any:
+def _as_dimension_type(d: Dimension, value: Any) -> Any:
     """A value as the objective receives it: int for integer dims, float for other numeric ones."""
     if d.kind in ("choice", "fixed"):
         return value

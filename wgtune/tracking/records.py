@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Mapping
 
+from wgtune.spec.grid import cell_label
 from wgtune.tracking.store import redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
+    from wgtune.spec.grid import Cell
+
 _log = logging.getLogger(__name__)
 
-KIND_TAG, CELL_TAG, TRIAL_ID_TAG, ERROR_TAG = "wgtune.kind", "wgtune.cell", "wgtune.trial_id", "wgtune.error"
-DIVERGED_TAG = "wgtune.diverged"  # on a FAILED trial run whose loss diverged: a failed configuration, not a fault
-FAILING_TAG = "wgtune.failing"  # on a cell run the last launch gave up on (too many failed trials)
-OBJECTIVE_METRIC = "best/val_worst_acc"
+TAG_PREFIX = "wgtune."
+
+
+def tag(name: str) -> str:
+    """The name of one of wgtune's MLflow tags: `wgtune.<name>`."""
+    return TAG_PREFIX + name
+
+
+KIND_TAG, CELL_TAG, TRIAL_ID_TAG, ERROR_TAG = tag("kind"), tag("cell"), tag("trial_id"), tag("error")
+"""`kind`: what a run is (`KIND_STUDY`, `KIND_CELL`, `KIND_TRIAL`); `cell`: its cell id; `trial_id`: Tune's
+id of a trial run; `error`: a failed attempt's error (the whole text is the run's `error.txt`)."""
+PROPOSAL_TAG, PHASE_TAG, ATTEMPTS_TAG = tag("proposal"), tag("phase"), tag("attempts")
+"""How a trial's configuration was proposed (`transfer`, `random`, `tpe`, `final`), its phase
+(`PHASE_SEARCH` or `PHASE_FINAL`), and how many attempts it took (retries from checkpoints)."""
+DIVERGED_TAG = tag("diverged")  # on a FAILED trial run whose loss diverged: a failed configuration, not a fault
+FAILING_TAG = tag("failing")  # on a cell run the last launch gave up on (too many failed trials)
+KIND_STUDY, KIND_CELL, KIND_TRIAL = "study", "cell", "trial"
+PHASE_SEARCH, PHASE_FINAL = "search", "final"
+"""A search trial informs its cell's TPE; a final trial re-trains the chosen config on a fresh seed."""
+SEED_PARAM = "seed"
+"""The param a final trial logs its seed under (search trials log only their searched values)."""
+PARENT_RUN_TAG, RUN_NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_STATUSES = ("RUNNING", "SCHEDULED", *END_STATUSES)
 # MLflow 3 accepts 8000 characters in a tag value, older servers 5000; error.txt has the rest.
@@ -34,9 +57,59 @@ _SECRET_VALUE = re.compile(r"^(sk-[\w-]{20,}|gh[pousr]_\w{20,}|github_pat_\w{20,
                            r"|xox[abpr]-[\w-]{10,}|AKIA[0-9A-Z]{16}|eyJ[\w-]{10,}\.[\w-]{10,}\.)")
 
 
+HANDLE_PREFIX = "trial:"
+
+
+def trial_handle(trial_id: str) -> str:
+    """What a trial's writes name before (and after) its MLflow run exists."""
+    return HANDLE_PREFIX + trial_id
+
+
+def is_handle(run_id: str) -> bool:
+    """Whether `run_id` is a trial handle rather than an MLflow run id."""
+    return run_id.startswith(HANDLE_PREFIX)
+
+
+class WriteKind(str, Enum):
+    """The kinds of tracking write (a str, so a journal line stores and compares it as its name)."""
+
+    CREATE = "create"
+    METRICS = "metrics"
+    PARAMS = "params"
+    TAGS = "tags"
+    TEXT = "text"
+    STATUS = "status"
+    TERMINATE = "terminate"
+
+
 @dataclass(frozen=True)
-class CellInfo:
-    """What identifies one cell of the grid and is recorded on its parent run."""
+class Write:
+    """One write to one run, as plain data, so that a disk spool can save and replay it.
+
+    run_id is an MLflow run id or a trial handle (`trial_handle`). kind and payload: "create"
+    (experiment_id, ((tag, value), ...), run_name, start_time_ms) makes the handle's run;
+    "metrics" ((key, value, timestamp_ms, step), ...), "params" ((key, value), ...),
+    "tags" ((key, value), ...), "text" (artifact_file, text), "status" (status,) to reopen a run,
+    "terminate" (status, end_time_ms).
+    """
+
+    kind: WriteKind
+    run_id: str
+    payload: tuple[Any, ...]
+
+    @property
+    def description(self) -> str:
+        """A few words for logs: `22 metrics`, `terminate FINISHED`."""
+        if self.kind in (WriteKind.METRICS, WriteKind.PARAMS, WriteKind.TAGS):
+            return f"{len(self.payload)} {self.kind.value}"
+        if self.kind == WriteKind.CREATE:
+            return f"create {self.payload[2]}"
+        return f"{self.kind.value} {self.payload[0]}"
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """What the study records about one cell on its MLflow parent run: what identifies it, and its size."""
 
     cell_id: str
     dataset: str
@@ -47,18 +120,51 @@ class CellInfo:
     objective: str
     pretrained: bool
 
+    @classmethod
+    def of(cls, cell: Cell, n_params: int) -> CellRecord:
+        """The record of a grid cell whose model has `n_params` parameters."""
+        return cls(cell.id, cell.dataset, cell.family, cell.size, cell.model, n_params, cell.objective, cell.pretrained)
+
+    @classmethod
+    def unknown(cls, cell_id: str) -> CellRecord:
+        """A cell known only by its id (runs without a parent run, say): on no curve."""
+        return cls(cell_id, "", "", "", "", 0, "", False)
+
     @property
     def run_name(self) -> str:
-        """`waterbirds · resnet-18 · groupdro` (+ ` · pretrained`)."""
-        parts = [self.dataset, self.model, self.objective] + (["pretrained"] if self.pretrained else [])
-        return " · ".join(parts)
+        """The parent run's name: the cell's label (`waterbirds · resnet-18 · groupdro · pretrained`)."""
+        return cell_label(self.dataset, self.model, self.objective, self.pretrained)
 
     def tags(self) -> dict[str, str]:
-        """The parent run's tags."""
-        return {KIND_TAG: "cell", CELL_TAG: self.cell_id, "wgtune.dataset": self.dataset,
-                "wgtune.family": self.family, "wgtune.size": self.size, "wgtune.model": self.model,
-                "wgtune.n_params": str(self.n_params), "wgtune.objective": self.objective,
-                "wgtune.pretrained": str(self.pretrained).lower()}
+        """The parent run's tags: `wgtune.kind=cell`, `wgtune.cell=<id>`, and `wgtune.<field>` for every field."""
+        fields = {tag(f.name): _tag_text(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "cell_id"}
+        return {KIND_TAG: KIND_CELL, CELL_TAG: self.cell_id, **fields}
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> CellRecord:
+        """The record a parent run's tags hold (`tags()` read back); an absent tag reads as unknown."""
+        values: dict[str, Any] = {"cell_id": tags.get(CELL_TAG, "")}
+        for f in dataclasses.fields(cls):
+            if f.name == "cell_id":
+                continue
+            text = tags.get(tag(f.name), "")
+            if f.type == "int":
+                values[f.name] = int(text) if text.isdigit() else 0
+            elif f.type == "bool":
+                values[f.name] = text.lower() == "true"
+            else:
+                values[f.name] = text
+        return cls(**values)
+
+
+def _tag_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def final_seed_done(status: str, diverged: bool) -> bool:
+    """Whether a final-seed trial has given its seed's result: it finished, or the chosen config
+    diverged on that seed (re-training it would diverge again, so it is never re-run)."""
+    return status == "FINISHED" or (status == "FAILED" and diverged)
 
 
 @dataclass(frozen=True)
@@ -78,36 +184,6 @@ class TrialRecord:
     end_time_ms: int | None
     error: str | None
     diverged: bool = False
-
-
-@dataclass(frozen=True)
-class Observation:
-    """A finished trial as a prior: its hyperparameters and its objective value (None if never logged).
-    A diverged trial is one too, with `diverged` set: its configuration failed."""
-
-    run_id: str
-    trial_id: str
-    params: Mapping[str, str]
-    value: float | None
-    diverged: bool = False
-
-
-@dataclass(frozen=True)
-class CellSummary:
-    """A cell's progress and best result, read from MLflow. Counts, best and observations are
-    of its search trials; final-seed re-trainings of the chosen config are counted apart."""
-
-    cell_id: str
-    parent_run_id: str | None
-    finished: int = 0
-    failed: int = 0
-    running: int = 0
-    killed: int = 0
-    best_value: float | None = None
-    best_run_id: str | None = None
-    observations: tuple[Observation, ...] = ()
-    final_finished: int = 0
-    final_diverged: int = 0
 
 
 def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:

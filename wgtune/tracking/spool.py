@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from wgtune.tracking.writer import Write
+from wgtune.tracking.records import Write, WriteKind
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Spool:
 
     def record(self, write_id: int, write: Write) -> None:
         """Journal a queued write (before the store sees it)."""
-        self._line({"w": [write_id, write.kind, write.run_id, write.payload]})
+        self._line({"w": [write_id, write.kind.value, write.run_id, write.payload]})
 
     def ack(self, write_ids: Iterable[int]) -> None:
         """Mark writes as in the store (or refused for good: replaying them could not help)."""
@@ -105,7 +105,7 @@ def _parse(path: Path, text: str) -> Unwritten:
             record = json.loads(line)
             if "w" in record:
                 write_id, kind, run_id, payload = record["w"]
-                writes[write_id] = Write(kind, run_id, _tuples(payload))
+                writes[write_id] = Write(WriteKind(kind), run_id, _tuples(payload))
             elif "ack" in record:
                 acked.update(record["ack"])
             elif "run" in record:

@@ -1,6 +1,6 @@
 """A study's record in MLflow: experiment = study, parent run = cell, child run = trial.
 
-The driver is the only writer (DESIGN.md, decision 3). `StudyTracker` makes every MlflowClient
+The driver is the only writer (docs/design.md, decision 3). `StudyTracker` makes every MlflowClient
 call on one background thread (`tracking_writer.StoreWriter`): per-epoch metrics are buffered
 and written in batches across trials, so the Ray driver's event loop never waits on SQLite.
 
@@ -22,63 +22,53 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
+from trainables.metrics import SELECTION_METRIC
 from wgtune.spec.errors import UserError
 from wgtune.tracking.records import (
     CELL_TAG,
     END_STATUSES,
     ERROR_TAG,
     FAILING_TAG,
+    KIND_CELL,
+    KIND_STUDY,
     KIND_TAG,
-    OBJECTIVE_METRIC,
+    KIND_TRIAL,
+    PARENT_RUN_TAG,
+    PHASE_SEARCH,
+    PHASE_TAG,
+    PROPOSAL_TAG,
+    RUN_NAME_TAG,
     RUN_STATUSES,
     TAG_VALUE_LIMIT,
     TRIAL_ID_TAG,
-    CellInfo,
-    CellSummary,
-    Observation,
+    CellRecord,
     TrialRecord,
+    Write,
+    WriteKind,
+    is_handle,
     loggable_params,
     metric_rows,
     now_ms,
+    trial_handle,
     trial_record,
 )
 from wgtune.tracking.spool import Spool, read_spools
-from wgtune.tracking.store import (
-    TrackingUnavailableError,
-    absolute_uri,
-    artifact_root,
-    check_tracking,
-    is_local_store,
-    redact,
-    resolve_tracking_uri,
-    sqlite_path,
-)
-from wgtune.tracking.writer import (
-    MAX_PARAMS_TAGS_PER_BATCH,
-    PendingWrite,
-    StoreWriter,
-    TrackingWriteError,
-    Write,
-    is_handle,
-    trial_handle,
-)
+from wgtune.tracking.store import redact, sqlite_path
+from wgtune.tracking.summary import CellSummary, summarise
+from wgtune.tracking.writer import MAX_PARAMS_TAGS_PER_BATCH, PendingWrite, StoreWriter, TrackingWriteError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__all__ = [
-    "OBJECTIVE_METRIC", "CellInfo", "CellSummary", "Observation", "PendingWrite", "StudyTracker",
-    "TrackingUnavailableError", "TrackingWriteError", "TrialRecord", "Write", "absolute_uri", "artifact_root",
-    "check_tracking", "is_local_store", "redact", "resolve_tracking_uri",
-]
-
 T = TypeVar("T")
 
 
 @dataclass
-class _Cell:
-    info: CellInfo
+class _OpenCell:
+    """A cell whose parent run this tracker has found or made, and its trials' runs."""
+
+    record: CellRecord
     parent_run_id: str
     trials: dict[str, str] = field(default_factory=dict)  # trial_id -> run id, or handle while being made
     count: int = 0
@@ -108,9 +98,9 @@ class StudyTracker:
         self._writer = StoreWriter(lambda: MlflowClient(tracking_uri=uri), flush_interval_s=flush_interval_s,
                                    max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
                                    lookup=self._find_trial, spool=Spool(spool_dir) if spool_dir else None,
-                                   step_key=OBJECTIVE_METRIC)
+                                   step_key=SELECTION_METRIC)
         self._lock = threading.Lock()
-        self._cells: dict[str, _Cell] = {}
+        self._cells: dict[str, _OpenCell] = {}
         self._live: set[str] = set()
         self._last_step: dict[str, int] = {}
         # A driver that exits without close() still writes what it buffered; bounded, for outages.
@@ -124,7 +114,7 @@ class StudyTracker:
 
     # -- cells ------------------------------------------------------------------------------
 
-    def cell_run(self, cell: CellInfo) -> str:
+    def cell_run(self, cell: CellRecord) -> str:
         """The cell's parent run id: the one tagged `wgtune.cell=<cell_id>` if any (reopened), else a new one."""
         with self._lock:
             known = self._cells.get(cell.cell_id)
@@ -133,7 +123,7 @@ class StudyTracker:
         cell_filter = f"tags.`{CELL_TAG}` = {_literal(cell.cell_id)}"
 
         def find_or_create(client: MlflowClient) -> tuple[str, dict[str, str], int]:
-            parents = self._search(client, f"tags.`{KIND_TAG}` = 'cell' and {cell_filter}",
+            parents = self._search(client, f"tags.`{KIND_TAG}` = '{KIND_CELL}' and {cell_filter}",
                                    order_by=["attributes.start_time ASC"])
             if parents:
                 parent_id = parents[0].info.run_id
@@ -142,14 +132,14 @@ class StudyTracker:
             else:
                 parent_id = client.create_run(self.experiment_id, tags=cell.tags(),
                                               run_name=cell.run_name).info.run_id
-            trials = self._search(client, f"tags.`{KIND_TAG}` = 'trial' and {cell_filter}")
+            trials = self._search(client, f"tags.`{KIND_TAG}` = '{KIND_TRIAL}' and {cell_filter}")
             index = {run.data.tags.get(TRIAL_ID_TAG, ""): run.info.run_id for run in trials}
             return parent_id, index, len(trials)
 
         self.flush()  # a queued close_cell must land before the search that may reopen the cell
         parent_id, index, count = self._call(find_or_create)
         with self._lock:
-            self._cells.setdefault(cell.cell_id, _Cell(cell, parent_id, index, count))
+            self._cells.setdefault(cell.cell_id, _OpenCell(cell, parent_id, index, count))
         return parent_id
 
     def close_cell(self, cell_id: str) -> None:
@@ -157,18 +147,18 @@ class StudyTracker:
         parent_id = self._cell(cell_id).parent_run_id
         with self._lock:
             self._cells.pop(cell_id, None)
-        self._writer.add(Write("terminate", parent_id, ("FINISHED", now_ms())))
+        self._writer.add(Write(WriteKind.TERMINATE, parent_id, ("FINISHED", now_ms())))
 
     def log_cell_json(self, cell_id: str, artifact_file: str, data: Any) -> None:
         """Queue `data` as a JSON artifact of the cell's parent run (the priors the cell used, say)."""
         parent_id = self._cell(cell_id).parent_run_id
         text = json.dumps(data, indent=2, sort_keys=True, default=str)
-        self._writer.add(Write("text", parent_id, (artifact_file, text)))
+        self._writer.add(Write(WriteKind.TEXT, parent_id, (artifact_file, text)))
 
     def mark_failing(self, cell_id: str, failures: int) -> None:
         """Queue the tag that says this launch gave up on the cell (`wgtune status` shows it)."""
         parent_id = self._cell(cell_id).parent_run_id
-        self._writer.add(Write("tags", parent_id, ((FAILING_TAG, f"gave up after {failures} failed trials"),)))
+        self._writer.add(Write(WriteKind.TAGS, parent_id, ((FAILING_TAG, f"gave up after {failures} failed trials"),)))
 
     def failing_cells(self) -> set[str]:
         """The cells the last launch that ran them gave up on (`mark_failing`, not cleared since)."""
@@ -189,7 +179,7 @@ class StudyTracker:
     def cell_tags(self) -> dict[str, dict[str, str]]:
         """Every cell's parent-run tags (dataset, model, parameter count, ...), by cell id."""
         self.flush()
-        parents = self._call(lambda c: self._search(c, f"tags.`{KIND_TAG}` = 'cell'",
+        parents = self._call(lambda c: self._search(c, f"tags.`{KIND_TAG}` = '{KIND_CELL}'",
                                                     order_by=["attributes.start_time ASC"]))
         tags: dict[str, dict[str, str]] = {}
         for run in parents:
@@ -201,9 +191,9 @@ class StudyTracker:
         files = list(files)
 
         def log(client: MlflowClient) -> str:
-            found = self._search(client, f"tags.`{KIND_TAG}` = 'study' and tags.`mlflow.runName` = {_literal(run_name)}")
+            found = self._search(client, f"tags.`{KIND_TAG}` = '{KIND_STUDY}' and tags.`{RUN_NAME_TAG}` = {_literal(run_name)}")
             run_id = found[0].info.run_id if found else client.create_run(
-                self.experiment_id, tags={KIND_TAG: "study"}, run_name=run_name).info.run_id
+                self.experiment_id, tags={KIND_TAG: KIND_STUDY}, run_name=run_name).info.run_id
             for path in files:
                 client.log_artifact(run_id, str(path), folder)
             client.set_terminated(run_id, "FINISHED")
@@ -215,7 +205,7 @@ class StudyTracker:
     # -- trials -----------------------------------------------------------------------------
 
     def start_trial(self, cell_id: str, trial_id: str, params: Mapping[str, Any], proposal: str,
-                    phase: str = "search") -> str:
+                    phase: str = PHASE_SEARCH) -> str:
         """The trial's handle for `log_epoch` / `end_trial`; its run is made (or reopened, for a
         resumed trial) by a queued write, so this never waits for the store."""
         cell = self._cell(cell_id)
@@ -232,16 +222,16 @@ class StudyTracker:
             if not is_handle(existing):
                 self._writer.known(handle, existing)
             self._writer.reopened(handle)
-            self._writer.add(Write("status", handle, ("RUNNING",)))
+            self._writer.add(Write(WriteKind.STATUS, handle, ("RUNNING",)))
             return handle
-        tags = {"mlflow.parentRunId": cell.parent_run_id, KIND_TAG: "trial", CELL_TAG: cell_id,
-                TRIAL_ID_TAG: trial_id, "wgtune.proposal": proposal, "wgtune.phase": phase}
-        name = f"{cell.info.run_name} · trial {number}"
-        self._writer.add(Write("create", handle, (self.experiment_id, tuple(sorted(tags.items())), name, now_ms())))
+        tags = {PARENT_RUN_TAG: cell.parent_run_id, KIND_TAG: KIND_TRIAL, CELL_TAG: cell_id,
+                TRIAL_ID_TAG: trial_id, PROPOSAL_TAG: proposal, PHASE_TAG: phase}
+        name = f"{cell.record.run_name} · trial {number}"
+        self._writer.add(Write(WriteKind.CREATE, handle, (self.experiment_id, tuple(sorted(tags.items())), name, now_ms())))
         items = sorted(loggable_params(params).items())
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             chunk = items[start:start + MAX_PARAMS_TAGS_PER_BATCH]
-            self._writer.add(Write("params", handle, tuple(chunk)))
+            self._writer.add(Write(WriteKind.PARAMS, handle, tuple(chunk)))
         return handle
 
     def run_id(self, handle: str) -> str | None:
@@ -269,12 +259,12 @@ class StudyTracker:
             # At the last epoch's step, so that MLflow shows the summary as each key's latest value.
             self._writer.add_metrics(run_id, metric_rows(run_id, summary, step))
         if tags:
-            self._writer.add(Write("tags", run_id, tuple(sorted((k, str(v)) for k, v in tags.items()))))
+            self._writer.add(Write(WriteKind.TAGS, run_id, tuple(sorted((k, str(v)) for k, v in tags.items()))))
         if error:
             short = error if len(error) <= TAG_VALUE_LIMIT else error[:TAG_VALUE_LIMIT - 20] + "… (see error.txt)"
-            self._writer.add(Write("tags", run_id, ((ERROR_TAG, short),)))
-            self._writer.add(Write("text", run_id, ("error.txt", error)))
-        self._writer.add(Write("terminate", run_id, (status, end_ms)))
+            self._writer.add(Write(WriteKind.TAGS, run_id, ((ERROR_TAG, short),)))
+            self._writer.add(Write(WriteKind.TEXT, run_id, ("error.txt", error)))
+        self._writer.add(Write(WriteKind.TERMINATE, run_id, (status, end_ms)))
 
     def close_orphans(self, keep: Iterable[str] = ()) -> list[str]:
         """Mark KILLED the trial runs left RUNNING (by a crashed driver) that are not in `keep` nor live here."""
@@ -284,7 +274,7 @@ class StudyTracker:
         spared = set(keep) | {self._writer.resolve(h) or h for h in live}
 
         def kill(client: MlflowClient) -> list[str]:
-            running = self._search(client, f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'RUNNING'")
+            running = self._search(client, f"tags.`{KIND_TAG}` = '{KIND_TRIAL}' and attributes.status = 'RUNNING'")
             orphans = [run.info.run_id for run in running if run.info.run_id not in spared]
             for run_id in orphans:
                 client.set_terminated(run_id, "KILLED")
@@ -296,7 +286,7 @@ class StudyTracker:
 
     def trial_runs(self, cell_id: str | None = None, status: str | None = None) -> list[TrialRecord]:
         """The study's trial runs (of one cell, of one status), oldest first, after writing what is queued."""
-        query = f"tags.`{KIND_TAG}` = 'trial'"
+        query = f"tags.`{KIND_TAG}` = '{KIND_TRIAL}'"
         if cell_id is not None:
             query += f" and tags.`{CELL_TAG}` = {_literal(cell_id)}"
         if status is not None:
@@ -307,42 +297,15 @@ class StudyTracker:
         runs = self._call(lambda c: self._search(c, query, order_by=["attributes.start_time ASC"]))
         return [trial_record(run) for run in runs]
 
-    def cell_summaries(self, metric: str = OBJECTIVE_METRIC, mode: str = "max") -> dict[str, CellSummary]:
-        """Per cell: search-trial counts by status, the best finished search trial by `metric`, every
-        finished search trial's params, and how many final seeds finished."""
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+    def cell_summaries(self, metric: str = SELECTION_METRIC, mode: str = "max") -> dict[str, CellSummary]:
+        """Per cell, what MLflow holds of it (`summary.summarise`), after writing what is queued."""
         trials = self.trial_runs()
-        parents = self._call(lambda c: self._search(c, f"tags.`{KIND_TAG}` = 'cell'",
+        parents = self._call(lambda c: self._search(c, f"tags.`{KIND_TAG}` = '{KIND_CELL}'",
                                                     order_by=["attributes.start_time ASC"]))
         parent_ids: dict[str, str] = {}
         for run in parents:
             parent_ids.setdefault(run.data.tags.get(CELL_TAG, ""), run.info.run_id)
-        by_cell: dict[str, list[TrialRecord]] = {cell: [] for cell in parent_ids}
-        for trial in trials:
-            by_cell.setdefault(trial.cell_id, []).append(trial)
-        sign = 1.0 if mode == "max" else -1.0
-        summaries = {}
-        for cell_id, every in by_cell.items():
-            records = [t for t in every if t.phase != "final"]
-            finished = [t for t in records if t.status == "FINISHED"]
-            observations = tuple(Observation(t.run_id, t.trial_id, t.params, t.metrics.get(metric))
-                                 for t in finished)
-            # A diverged configuration failed for good: TPE learns it as its worst observation.
-            observations += tuple(Observation(t.run_id, t.trial_id, t.params, None, diverged=True)
-                                  for t in records if t.status == "FAILED" and t.diverged)
-            scored = [o for o in observations if o.value is not None]
-            best = max(scored, key=lambda o: sign * o.value) if scored else None  # type: ignore[operator]
-            summaries[cell_id] = CellSummary(
-                cell_id, parent_ids.get(cell_id), finished=len(finished),
-                failed=sum(t.status == "FAILED" for t in records),
-                running=sum(t.status == "RUNNING" for t in records),
-                killed=sum(t.status == "KILLED" for t in records),
-                best_value=best.value if best else None, best_run_id=best.run_id if best else None,
-                observations=observations,
-                final_finished=sum(t.phase == "final" and t.status == "FINISHED" for t in every),
-                final_diverged=sum(t.phase == "final" and t.status == "FAILED" and t.diverged for t in every))
-        return summaries
+        return summarise(trials, parent_ids, metric, mode)
 
     # -- the writer -------------------------------------------------------------------------
 
@@ -381,7 +344,7 @@ class StudyTracker:
             for handle, run_id in unwritten.runs.items():
                 self._writer.known(handle, run_id)
             for write in unwritten.writes:
-                if write.kind == "metrics":
+                if write.kind == WriteKind.METRICS:
                     self._writer.add_metrics(write.run_id, list(write.payload))  # rows are tuples already
                 else:
                     self._writer.add(write, replayed=True)
@@ -401,7 +364,7 @@ class StudyTracker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _cell(self, cell_id: str) -> _Cell:
+    def _cell(self, cell_id: str) -> _OpenCell:
         with self._lock:
             cell = self._cells.get(cell_id)
         if cell is None:
@@ -420,7 +383,7 @@ class StudyTracker:
         """The run of a trial handle in the store (a resumed trial; a create that may have been made)."""
         trial_id = handle.split(":", 1)[1]
         found = client.search_runs([self.experiment_id],
-                                   f"tags.`{KIND_TAG}` = 'trial' and tags.`{TRIAL_ID_TAG}` = {_literal(trial_id)}",
+                                   f"tags.`{KIND_TAG}` = '{KIND_TRIAL}' and tags.`{TRIAL_ID_TAG}` = {_literal(trial_id)}",
                                    max_results=1, order_by=["attributes.start_time ASC"])
         return found[0].info.run_id if found else None
 

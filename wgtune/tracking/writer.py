@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from wgtune.tracking.records import Write, WriteKind, is_handle
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -45,44 +47,6 @@ class UnknownRunError(RuntimeError):
     """A write names a trial handle whose run was never created (its create was refused for good)."""
 
 
-HANDLE_PREFIX = "trial:"
-
-
-def trial_handle(trial_id: str) -> str:
-    """What a trial's writes name before (and after) its MLflow run exists."""
-    return HANDLE_PREFIX + trial_id
-
-
-def is_handle(run_id: str) -> bool:
-    """Whether `run_id` is a trial handle rather than an MLflow run id."""
-    return run_id.startswith(HANDLE_PREFIX)
-
-
-@dataclass(frozen=True)
-class Write:
-    """One write to one run, as plain data, so that a disk spool can save and replay it.
-
-    run_id is an MLflow run id or a trial handle (`trial_handle`). kind and payload: "create"
-    (experiment_id, ((tag, value), ...), run_name, start_time_ms) makes the handle's run;
-    "metrics" ((key, value, timestamp_ms, step), ...), "params" ((key, value), ...),
-    "tags" ((key, value), ...), "text" (artifact_file, text), "status" (status,) to reopen a run,
-    "terminate" (status, end_time_ms).
-    """
-
-    kind: str
-    run_id: str
-    payload: tuple[Any, ...]
-
-    @property
-    def description(self) -> str:
-        """A few words for logs: `22 metrics`, `terminate FINISHED`."""
-        if self.kind in ("metrics", "params", "tags"):
-            return f"{len(self.payload)} {self.kind}"
-        if self.kind == "create":
-            return f"create {self.payload[2]}"
-        return f"{self.kind} {self.payload[0]}"
-
-
 @dataclass(frozen=True)
 class PendingWrite:
     """A write the store did not take, with the store's last error."""
@@ -96,17 +60,17 @@ def apply(client: MlflowClient, write: Write, run_id: str) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     payload = write.payload
-    if write.kind == "metrics":
+    if write.kind == WriteKind.METRICS:
         client.log_batch(run_id, metrics=[Metric(*row) for row in payload], synchronous=True)
-    elif write.kind == "params":
+    elif write.kind == WriteKind.PARAMS:
         client.log_batch(run_id, params=[Param(k, v) for k, v in payload], synchronous=True)
-    elif write.kind == "tags":
+    elif write.kind == WriteKind.TAGS:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in payload], synchronous=True)
-    elif write.kind == "text":
+    elif write.kind == WriteKind.TEXT:
         client.log_text(run_id, payload[1], payload[0])
-    elif write.kind == "status":
+    elif write.kind == WriteKind.STATUS:
         client.update_run(run_id, status=payload[0])
-    elif write.kind == "terminate":
+    elif write.kind == WriteKind.TERMINATE:
         client.set_terminated(run_id, payload[0], end_time=payload[1])
     else:
         raise ValueError(f"unknown write kind {write.kind!r}")
@@ -214,7 +178,7 @@ class StoreWriter:
             return
         with self._cond:
             self._check_open()
-            write_id = self._journal(Write("metrics", run_id, tuple(metrics)))
+            write_id = self._journal(Write(WriteKind.METRICS, run_id, tuple(metrics)))
             self._metrics.setdefault(run_id, []).extend(metrics)
             self._metric_ids.setdefault(run_id, []).append(write_id)
             self._n_metrics += len(metrics)
@@ -349,8 +313,8 @@ class StoreWriter:
             for start in starts:
                 # The journal entries are acknowledged with the run's last batch.
                 ids = tuple(metric_ids.get(run_id, ())) if start == starts[-1] else ()
-                batches.append(_Item(Write("metrics", run_id, tuple(rows[start:start + MAX_METRICS_PER_BATCH])), ids))
-        creates = [item for item in writes if item.write.kind == "create"]
+                batches.append(_Item(Write(WriteKind.METRICS, run_id, tuple(rows[start:start + MAX_METRICS_PER_BATCH])), ids))
+        creates = [item for item in writes if item.write.kind == WriteKind.CREATE]
         others = [item for item in writes if item.write.kind != "create"]
         return creates + batches + others
 
@@ -408,11 +372,11 @@ class StoreWriter:
         write = item.write
         if write.kind != "create":
             run_id = self._run_id(client, write.run_id)
-            if write.kind == "metrics" and write.run_id in self._reopened:
+            if write.kind == WriteKind.METRICS and write.run_id in self._reopened:
                 rows = self._above_floor(client, write.run_id, run_id, write.payload)
                 if not rows:
                     return
-                write = Write("metrics", write.run_id, rows)
+                write = Write(WriteKind.METRICS, write.run_id, rows)
             apply(client, write, run_id)
             return
         with self._cond:

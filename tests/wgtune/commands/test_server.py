@@ -183,8 +183,8 @@ def test_a_study_tracked_through_the_server_is_read_back_by_status_and_report(tm
                                                                               tracking_server, ray_local):
     from mlflow import MlflowClient
 
-    from wgtune.spec.grid import load_grid
     from wgtune.run.study import LaunchOptions, launch
+    from wgtune.spec.grid import load_grid
 
     url, server_dir = tracking_server
     path = tmp_path / "grid.yaml"

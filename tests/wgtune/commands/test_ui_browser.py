@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from wgtune.commands.ui import ui_command
-from wgtune.spec.grid import load_grid
 from wgtune.run.study import LaunchOptions, launch
+from wgtune.spec.grid import load_grid
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -22,7 +22,6 @@ from wgtune.report.build import (
     MISSING,
     SEARCH_ONLY,
     SELECTION_RULE,
-    CellRow,
     Estimate,
     FitError,
     StudyReport,
@@ -32,7 +31,7 @@ from wgtune.report.build import (
     select_trial,
 )
 from wgtune.report.tables import COLUMNS, format_config, format_count, format_estimate, to_frame, write_tables
-from wgtune.tracking.tracker import CellInfo, TrialRecord
+from wgtune.tracking.records import CellRecord, TrialRecord
 
 _clock = itertools.count(1_000)
 
@@ -64,12 +63,12 @@ def worst_at(n_params: int) -> float:
     return 1 - (0.2 * (n_params / 1e6) ** -0.35 + 0.1)
 
 
-def synthetic_study() -> tuple[list[CellRow], list[TrialRecord]]:
+def synthetic_study() -> tuple[list[CellRecord], list[TrialRecord]]:
     cells, trials = [], []
     for dataset, sizes in SIZES.items():
         for objective, n in itertools.product(OBJECTIVES, sizes):
             cid = f"{dataset}/m{n}/{objective}"
-            cells.append(CellRow(cid, dataset, f"m{n}", "resnet", n, objective, False))
+            cells.append(CellRecord(cid, dataset, "resnet", "", f"m{n}", n, objective, False))
             trials += [
                 trial(cid, params={"lr": "0.1", "batch_size": "32"}, val_worst=0.60, test_worst=0.5, test_avg=0.9),
                 trial(cid, params={"lr": "0.012", "batch_size": "64"}, val_worst=0.81, test_worst=0.6, test_avg=0.9),
@@ -132,7 +131,7 @@ def test_seed_statistics_equal_hand_computation(study: StudyReport) -> None:
 
 
 def test_a_final_seed_that_diverged_is_named_and_left_out_of_the_mean() -> None:
-    cell = CellRow("d/m1/erm", "d", "m1", "resnet", 1_000_000, "erm", False)
+    cell = CellRecord("d/m1/erm", "d", "resnet", "", "m1", 1_000_000, "erm", False)
     params = {"lr": "0.012", "batch_size": "64"}
     trials = [trial(cell.cell_id, params=params, val_worst=0.8),
               final(cell.cell_id, 0, 0.70, 0.90, 0.93, params=params),
@@ -207,9 +206,9 @@ def test_flat_errors_fit_without_crashing() -> None:
 
 
 def partial_study() -> StudyReport:
-    cells = [CellRow("wb/a", "waterbirds", "resnet-10", "resnet", 1_200_000, "erm", True),
-             CellRow("wb/b", "waterbirds", "resnet-18", "resnet", 11_200_000, "erm", True),
-             CellRow("wb/d", "waterbirds", "resnet-34", "resnet", 21_300_000, "erm", True)]
+    cells = [CellRecord("wb/a", "waterbirds", "resnet", "", "resnet-10", 1_200_000, "erm", True),
+             CellRecord("wb/b", "waterbirds", "resnet", "", "resnet-18", 11_200_000, "erm", True),
+             CellRecord("wb/d", "waterbirds", "resnet", "", "resnet-34", 21_300_000, "erm", True)]
     trials = [trial("wb/a", params={"lr": "0.01"}, val_worst=0.7),
               final("wb/a", 0, 0.71, 0.90, 0.95, params={"lr": "0.02"}),
               final("wb/a", 0, 0.72, 0.91, 0.96, params={"lr": "0.02"}),  # the same seed again
@@ -270,10 +269,10 @@ def test_formatting_helpers() -> None:
     assert format_estimate(None) == "—"
 
 
-def test_cell_row_from_tags_matches_cell_info() -> None:
-    info = CellInfo("wb/r18", "waterbirds", "resnet", "18", "resnet-18", 11_200_000, "groupdro", True)
-    assert CellRow.from_tags(info.tags()) == CellRow.from_info(info) == CellRow(
-        "wb/r18", "waterbirds", "resnet-18", "resnet", 11_200_000, "groupdro", True)
+def test_a_cell_record_reads_back_from_its_parent_run_tags() -> None:
+    record = CellRecord("wb/r18", "waterbirds", "resnet", "18", "resnet-18", 11_200_000, "groupdro", True)
+    assert CellRecord.from_tags(record.tags()) == record
+    assert CellRecord.from_tags({}) == CellRecord.unknown("")
 
 
 def test_figures_are_written_for_full_partial_and_empty_studies(study: StudyReport, tmp_path: Path) -> None:
@@ -299,10 +298,10 @@ def test_figures_are_written_for_full_partial_and_empty_studies(study: StudyRepo
 def test_report_imports_no_torch_ray_or_matplotlib(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "import wgtune.report.build as r, wgtune.report.tables as tables\n"
+        "import wgtune.report.build as r, wgtune.report.tables as tables, wgtune.tracking.records as rec\n"
         "heavy = ('torch', 'ray', 'matplotlib', 'mlflow', 'scipy', 'pandas')\n"
         "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]\n"
-        "rep = r.build_report([r.CellRow('c', 'd', 'm', 'f', 10, 'erm', False)], [])\n"
+        "rep = r.build_report([rec.CellRecord('c', 'd', 'f', '', 'm', 10, 'erm', False)], [])\n"
         f"tables.write_tables(rep, {str(tmp_path)!r})\n"
         "assert not [m for m in ('torch', 'ray', 'matplotlib') if m in sys.modules]\n"
         "import wgtune.report.figures as f\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wgtune.spec.grid import load_grid
-from wgtune.search.priors import parse_params
 from wgtune.run.study import LaunchOptions, launch, status
+from wgtune.search.priors import parse_params
+from wgtune.spec.grid import load_grid
 
 pytestmark = pytest.mark.slow
 
@@ -123,8 +123,8 @@ def test_relaunching_counts_mlflow_history_and_runs_only_what_is_new(tmp_path, r
         assert proposals[0] == "transfer"
 
     # `wgtune priors` shows what a next launch would start each cell from, without launching.
-    from wgtune.spec.errors import UserError
     from wgtune.run.study import priors_report
+    from wgtune.spec.errors import UserError
 
     shown = json.loads(priors_report(grid, cell_filter="*/resnet-10x0.5/erm/*"))
     assert shown["cell"] == "spurious_digits/resnet-10x0.5/erm/scratch"

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from bench.soak import inject, run_trial_watching
-from wgtune.spec.grid import load_grid
-from wgtune.search.router import TRIAL_ERROR
 from wgtune.run.study import LaunchOptions, launch
+from wgtune.search.router import TRIAL_ERROR
+from wgtune.spec.grid import load_grid
 
 pytestmark = pytest.mark.slow
 

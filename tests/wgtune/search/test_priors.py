@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from wgtune.spec.grid import Cell, PriorSettings
 from wgtune.search.priors import cell_priors, parse_params
+from wgtune.spec.grid import Cell, PriorSettings
 from wgtune.spec.spaces import load_space
-from wgtune.tracking.records import CellSummary, Observation
+from wgtune.tracking.summary import CellSummary, Observation
 
 SPACE = load_space("erm", objective_defaults={})
 

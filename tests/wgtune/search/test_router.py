@@ -11,7 +11,8 @@ import pytest
 from hyperopt import STATUS_FAIL, STATUS_OK, hp
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING
 
-from wgtune.search.router import CellPlan, CellRouter
+from wgtune.search.budget import CellBudget
+from wgtune.search.router import CellRouter, SearchPlan
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,7 +37,7 @@ def _drain(router: CellRouter, n: int, prefix: str = "t") -> list[Any]:
 
 
 def test_budgets_exact_and_cells_interleaved() -> None:
-    plans = [CellPlan("a", _space(), 3, 1), CellPlan("b", _space(), 1, 2), CellPlan("c", _space(), 2, 3)]
+    plans = [SearchPlan("a", _space(), CellBudget(3), 1), SearchPlan("b", _space(), CellBudget(1), 2), SearchPlan("c", _space(), CellBudget(2), 3)]
     router = CellRouter(plans, metric="score")
     out = _drain(router, 8)
     assert [s["cell"] for s in out[:6]] == ["a", "b", "c", "a", "c", "a"]
@@ -50,7 +51,7 @@ def test_budgets_exact_and_cells_interleaved() -> None:
 
 def test_running_cap_returns_none_then_resumes() -> None:
     router = CellRouter(
-        [CellPlan("a", _space(), 2, 1), CellPlan("b", _space(), 2, 2)], metric="score", max_running_per_cell=1
+        [SearchPlan("a", _space(), CellBudget(2), 1), SearchPlan("b", _space(), CellBudget(2), 2)], metric="score", max_running_per_cell=1
     )
     assert [s["cell"] for s in _drain(router, 2)] == ["a", "b"]
     assert router.suggest("t2") is None
@@ -62,7 +63,7 @@ def test_running_cap_returns_none_then_resumes() -> None:
     # Every budget slot is started; not FINISHED while trials run, since one may fail.
     assert router.suggest("t6") is None
     assert router.progress()["a"] == {
-        "started": 2, "finished": 1, "failed": 0, "errored": 0, "running": 1, "budget": 2, "final_started": 0,
+        "started": 2, "finished": 1, "failed": 0, "errored": 0, "running": 1, "search_trials": 2, "final_started": 0,
         "final_running": 0, "final_failed": 0, "final_diverged": 0, "observed": 0, "gave_up": False, "best": 1.0,
     }
     router.on_trial_complete("t3", {"score": 1.0})
@@ -72,7 +73,7 @@ def test_running_cap_returns_none_then_resumes() -> None:
 
 def test_final_seeds_retrain_the_best_config_once_the_cells_search_has_settled() -> None:
     history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)  # the best so far comes from history
-    router = CellRouter([CellPlan("a", _space(), 2, 1, observations=history, final_seeds=2, final_offset=1)],
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(2, final=3, final_done=1), 1, observations=history)],
                         metric="score")
     first, second = router.suggest("s0"), router.suggest("s1")
     assert {first["proposal"], second["proposal"]} <= {"random", "tpe"}
@@ -90,7 +91,7 @@ def test_final_seeds_retrain_the_best_config_once_the_cells_search_has_settled()
     docs_before = len(router.hyperopt_trials("a").trials)
     router.on_trial_complete("f0", {"score": 0.1})
     assert len(router.hyperopt_trials("a").trials) == docs_before, "final seeds inform no TPE"
-    restored = CellRouter([CellPlan("a", _space(), 2, 1, observations=history, final_seeds=2, final_offset=1)],
+    restored = CellRouter([SearchPlan("a", _space(), CellBudget(2, final=3, final_done=1), 1, observations=history)],
                           metric="score")
     restored.set_state(router.get_state())
     assert restored.cell_of("f1") == "a" and restored.suggest("f3") is None
@@ -100,8 +101,8 @@ def test_final_seeds_retrain_the_best_config_once_the_cells_search_has_settled()
 
 def test_final_seeds_continue_the_numbering_of_earlier_launches() -> None:
     history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
-    earlier = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=3)], metric="score")
-    later = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=1, final_offset=2)],
+    earlier = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=3), 1, observations=history)], metric="score")
+    later = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=3, final_done=2), 1, observations=history)],
                        metric="score")
 
     seeds = [earlier.suggest(f"e{i}")["seed"] for i in range(3)]
@@ -111,10 +112,7 @@ def test_final_seeds_continue_the_numbering_of_earlier_launches() -> None:
 
 def test_proposal_labels_transfer_then_random_then_tpe() -> None:
     firsts = ({"lr": 1e-3, "x": 0.25, "opt": 1}, {"lr": 0.1, "x": 0.75, "opt": 0})
-    plan = CellPlan(
-        "a", _space(), 6, 7, n_startup=4,
-        observations=(({"lr": 1e-2, "x": 0.5, "opt": 0}, 0.4),), first_points=firsts,
-    )
+    plan = SearchPlan("a", _space(), CellBudget(6), 7, n_startup=4, observations=(({"lr": 1e-2, "x": 0.5, "opt": 0}, 0.4),), first_points=firsts)
     router = CellRouter([plan], metric="score")
     out = _drain(router, 7)
     # docs before each suggestion: 1, 2, 3 -> transfer, transfer, random; then 4, 5, 6 -> tpe
@@ -130,13 +128,13 @@ def test_proposal_labels_transfer_then_random_then_tpe() -> None:
 
 
 def test_first_points_beyond_budget_are_dropped() -> None:
-    plan = CellPlan("a", _space(), 1, 0, first_points=({"lr": 1e-3, "x": 0.2, "opt": 0},) * 3)
+    plan = SearchPlan("a", _space(), CellBudget(1), 0, first_points=({"lr": 1e-3, "x": 0.2, "opt": 0},) * 3)
     out = _drain(CellRouter([plan], metric="score"), 2)
     assert out[0]["proposal"] == "transfer" and out[1] is None
 
 
 def test_observations_look_like_tpe_docs() -> None:
-    plan = CellPlan("a", _space(), 1, 0, observations=(({"lr": 1e-2, "x": 0.5, "opt": 1}, 0.25),))
+    plan = SearchPlan("a", _space(), CellBudget(1), 0, observations=(({"lr": 1e-2, "x": 0.5, "opt": 1}, 0.25),))
     router = CellRouter([plan], metric="score")
     [doc] = router.hyperopt_trials("a").trials
     assert doc["state"] == JOB_STATE_DONE and doc["tid"] == doc["misc"]["tid"] == 0
@@ -153,8 +151,8 @@ def test_informed_posterior_beats_cold_start() -> None:
     for k in range(6):
         points = [{"lr": float(10 ** rng.uniform(-5, 0)), "x": float(rng.uniform(0, 1))} for _ in range(30)]
         observations = tuple((p, _loss(p)) for p in points)
-        warm.append(CellPlan(f"c{k}", space, 5, k, observations=observations))
-        cold.append(CellPlan(f"c{k}", space, 5, k))
+        warm.append(SearchPlan(f"c{k}", space, CellBudget(5), k, observations=observations))
+        cold.append(SearchPlan(f"c{k}", space, CellBudget(5), k))
     medians = []
     for plans in (warm, cold):
         out = _drain(CellRouter(plans, metric="loss", mode="min"), 30)
@@ -171,7 +169,7 @@ def test_informed_posterior_beats_cold_start() -> None:
 )
 def test_unusable_results_recorded_as_fail_and_budget_spent(result: dict | None, why: str) -> None:
     # The trial finished (MLflow counts it), its result is just useless to TPE: no replacement.
-    router = CellRouter([CellPlan("a", _space(), 3, 0, n_startup=1)], metric="score")
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(3), 0, n_startup=1)], metric="score")
     _drain(router, 2)
     router.on_trial_complete("t0", result)
     router.on_trial_complete("t1", {"score": 0.75})
@@ -188,7 +186,7 @@ def test_unusable_results_recorded_as_fail_and_budget_spent(result: dict | None,
 
 
 def test_an_errored_trial_is_a_failed_tpe_point_and_gets_a_replacement() -> None:
-    router = CellRouter([CellPlan("a", _space(), 2, 0, n_startup=1), CellPlan("b", _space(), 1, 1)], metric="score")
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(2), 0, n_startup=1), SearchPlan("b", _space(), CellBudget(1), 1)], metric="score")
     assert [s["cell"] for s in _drain(router, 3)] == ["a", "b", "a"]
     router.on_trial_complete("t0", None, error=True)  # Tune's retries are spent
 
@@ -203,12 +201,12 @@ def test_an_errored_trial_is_a_failed_tpe_point_and_gets_a_replacement() -> None
     assert router.suggest("t5") == FINISHED
     p = router.progress()["a"]
     assert (p["started"], p["finished"], p["failed"], p["errored"], p["gave_up"]) == (3, 3, 1, 1, False)
-    assert p["started"] - p["errored"] == p["budget"], "exactly the budget completed"
+    assert p["started"] - p["errored"] == p["search_trials"], "exactly the budget completed"
 
 
 def test_a_result_that_says_the_trial_failed_is_an_error_and_gets_a_replacement() -> None:
     # A diverged trial ends itself (so that Tune does not retry it) with the failed key in its result.
-    router = CellRouter([CellPlan("a", _space(), 1, 0, n_startup=1, max_failed=2)], metric="score",
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(1), 0, n_startup=1, max_failed=2)], metric="score",
                         failed_key="diverged")
     router.suggest("t0")
     router.on_trial_complete("t0", {"score": float("nan"), "diverged": "Traceback ... DivergedError"})
@@ -220,7 +218,7 @@ def test_a_result_that_says_the_trial_failed_is_an_error_and_gets_a_replacement(
 
 def test_a_cell_whose_every_trial_fails_gives_up_at_its_cap_and_the_others_go_on() -> None:
     told: list[tuple[str, int]] = []
-    plans = [CellPlan("bad", _space(), 2, 0, final_seeds=1), CellPlan("good", _space(), 3, 1)]
+    plans = [SearchPlan("bad", _space(), CellBudget(2, final=1), 0), SearchPlan("good", _space(), CellBudget(3), 1)]
     router = CellRouter(plans, metric="score", on_give_up=lambda cell, n: told.append((cell, n)))
     started: dict[str, list[str]] = {"bad": [], "good": []}
     for i in range(30):
@@ -241,7 +239,7 @@ def test_a_cell_whose_every_trial_fails_gives_up_at_its_cap_and_the_others_go_on
 
 
 def test_the_cap_counts_failures_of_this_experiment_and_can_be_set() -> None:
-    router = CellRouter([CellPlan("a", _space(), 5, 0, max_failed=1)], metric="score")
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(5), 0, max_failed=1)], metric="score")
     _drain(router, 2)
     router.on_trial_complete("t0", None, error=True)
     # Given up: nothing more will start, so FINISHED although its other trial runs on.
@@ -249,12 +247,12 @@ def test_the_cap_counts_failures_of_this_experiment_and_can_be_set() -> None:
     router.on_trial_complete("t1", {"score": 0.5})
     assert router.progress()["a"]["finished"] == 2
     with pytest.raises(ValueError, match="max_failed"):
-        CellPlan("a", _space(), 1, 0, max_failed=0)
+        SearchPlan("a", _space(), CellBudget(1), 0, max_failed=0)
 
 
 def test_a_failed_final_seed_is_retrained_on_the_same_seed() -> None:
     history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
-    router = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=2)], metric="score")
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=2), 1, observations=history)], metric="score")
     first, second = router.suggest("f0"), router.suggest("f1")
     router.on_trial_complete("f0", None, error=True)
 
@@ -267,14 +265,14 @@ def test_a_failed_final_seed_is_retrained_on_the_same_seed() -> None:
     p = router.progress()["a"]
     assert (p["final_started"], p["final_failed"]) == (3, 1)
     # The finished seeds are the first two of the sequence, so a later launch continues after them.
-    later = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=1, final_offset=2)],
+    later = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=3, final_done=2), 1, observations=history)],
                        metric="score")
     assert later.suggest("l0")["seed"] not in {first["seed"], second["seed"]}
 
 
 def test_a_final_seed_that_diverged_is_that_seeds_result_and_is_not_retrained(tmp_path: Path) -> None:
     history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
-    router = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=2)], metric="score",
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=2), 1, observations=history)], metric="score",
                         failed_key="diverged")
     first, second = router.suggest("f0"), router.suggest("f1")
     router.on_trial_complete("f0", {"score": float("nan"), "diverged": "DivergedError"})
@@ -284,12 +282,12 @@ def test_a_final_seed_that_diverged_is_that_seeds_result_and_is_not_retrained(tm
     p = router.progress()["a"]
     assert (p["final_started"], p["final_failed"], p["final_diverged"], p["gave_up"]) == (2, 0, 1, False)
     router.save(str(tmp_path / "state.pkl"))
-    restored = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=2)], metric="score",
+    restored = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=2), 1, observations=history)], metric="score",
                           failed_key="diverged")
     restored.restore(str(tmp_path / "state.pkl"))
     assert restored.progress()["a"]["final_diverged"] == 1 and restored.suggest("f3") == FINISHED
     # A later launch with one more seed counts the diverged one as used: seed numbering goes on after both.
-    later = CellRouter([CellPlan("a", _space(), 0, 1, observations=history, final_seeds=1, final_offset=2)],
+    later = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=3, final_done=2), 1, observations=history)],
                        metric="score")
     assert later.suggest("l0")["seed"] not in {first["seed"], second["seed"]}
 
@@ -297,8 +295,8 @@ def test_a_final_seed_that_diverged_is_that_seeds_result_and_is_not_retrained(tm
 def test_restore_keeps_failures_and_pending_replacements(tmp_path: Path) -> None:
     history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9),)
 
-    def plans() -> list[CellPlan]:
-        return [CellPlan("a", _space(), 2, 0, observations=history, final_seeds=1)]
+    def plans() -> list[SearchPlan]:
+        return [SearchPlan("a", _space(), CellBudget(2, final=1), 0, observations=history)]
 
     router = CellRouter(plans(), metric="score")
     _drain(router, 2)
@@ -321,15 +319,15 @@ def test_restore_keeps_failures_and_pending_replacements(tmp_path: Path) -> None
 
 
 def test_nan_observation_is_a_failed_doc() -> None:
-    plan = CellPlan("a", _space(), 1, 0, observations=(({"lr": 1e-2, "x": 0.5, "opt": 0}, float("nan")),))
+    plan = SearchPlan("a", _space(), CellBudget(1), 0, observations=(({"lr": 1e-2, "x": 0.5, "opt": 0}, float("nan")),))
     [doc] = CellRouter([plan], metric="score").hyperopt_trials("a").trials
     assert doc["result"]["status"] == STATUS_FAIL and "loss" not in doc["result"]
 
 
 def test_save_restore_continues_without_repeats(tmp_path: Path) -> None:
-    def plans() -> list[CellPlan]:
+    def plans() -> list[SearchPlan]:
         obs = (({"lr": 1e-2, "x": 0.4, "opt": 0}, 0.1),)
-        return [CellPlan("a", _space(), 6, 11, n_startup=3, observations=obs), CellPlan("b", _space(), 5, 12)]
+        return [SearchPlan("a", _space(), CellBudget(6), 11, n_startup=3, observations=obs), SearchPlan("b", _space(), CellBudget(5), 12)]
 
     def step(router: CellRouter, i: int) -> Any:
         s = router.suggest(f"t{i}")
@@ -370,12 +368,12 @@ def test_save_restore_continues_without_repeats(tmp_path: Path) -> None:
         assert untimed[0] == untimed[1]
 
     with pytest.raises(ValueError, match="other plans"):
-        CellRouter([CellPlan("a", _space(), 6, 11)], metric="score").restore(str(tmp_path / "searcher.pkl"))
+        CellRouter([SearchPlan("a", _space(), CellBudget(6), 11)], metric="score").restore(str(tmp_path / "searcher.pkl"))
 
 
 def test_same_seeds_same_calls_same_suggestions() -> None:
     def run() -> list[Any]:
-        plans = [CellPlan("a", _space(), 8, 3, n_startup=2), CellPlan("b", _space(), 8, 4)]
+        plans = [SearchPlan("a", _space(), CellBudget(8), 3, n_startup=2), SearchPlan("b", _space(), CellBudget(8), 4)]
         router = CellRouter(plans, metric="s")
         out = []
         for i in range(17):
@@ -389,13 +387,13 @@ def test_same_seeds_same_calls_same_suggestions() -> None:
 
 def test_invalid_inputs_are_rejected() -> None:
     with pytest.raises(ValueError, match="duplicate"):
-        CellRouter([CellPlan("a", _space(), 1, 0), CellPlan("a", _space(), 1, 1)], metric="s")
+        CellRouter([SearchPlan("a", _space(), CellBudget(1), 0), SearchPlan("a", _space(), CellBudget(1), 1)], metric="s")
     with pytest.raises(ValueError, match="unknown labels"):
         bad = {"lr": 0.1, "x": 0.1, "opt": 0, "wd": 1}
-        CellRouter([CellPlan("a", _space(), 1, 0, first_points=(bad,))], metric="s")
+        CellRouter([SearchPlan("a", _space(), CellBudget(1), 0, first_points=(bad,))], metric="s")
     with pytest.raises(ValueError, match="budget"):
-        CellPlan("a", _space(), -1, 0)
-    router = CellRouter([CellPlan("a", _space(), 1, 0)], metric="s", mode="max")
+        SearchPlan("a", _space(), CellBudget(-1), 0)
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(1), 0)], metric="s", mode="max")
     assert router.set_search_properties("s", "max", {"epochs": 3}) is False
     with pytest.raises(ValueError, match="mode"):
         router.set_search_properties("s", "min", {"epochs": 3})
@@ -425,7 +423,7 @@ def test_tuner_runs_every_cell_budget_and_overlaps_cells(ray_cluster: Any, tmp_p
     from ray import tune
 
     budgets = {"d/r10/erm": 4, "d/r18/erm": 3, "d/r10/dro": 3}
-    plans = [CellPlan(c, _space(), b, i, n_startup=2) for i, (c, b) in enumerate(budgets.items())]
+    plans = [SearchPlan(c, _space(), CellBudget(b), i, n_startup=2) for i, (c, b) in enumerate(budgets.items())]
     router = CellRouter(plans, metric="score")
     tuner = tune.Tuner(
         _trainable,

@@ -1,6 +1,6 @@
 """CellASHA (`search: {scheduler: asha}`): asynchronous successive halving within each cell only.
 
-Cells differ in difficulty (DESIGN.md, decision 5). A trial's rung competitors are the trials of
+Cells differ in difficulty (docs/design.md, decision 5). A trial's rung competitors are the trials of
 its own cell: a hard cell whose best trials score far below every trial of an easy cell still
 keeps its better trials and stops its worse ones, where one ASHA pooling all cells would stop
 every trial of the hard cell at its first rung.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import pickle
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from tests.wgtune.studies import planned_study, run_study
-from wgtune.run.driver import STEP_METRIC, CellASHA, RunSettings, _scheduler
+from trainables.metrics import SELECTION_METRIC, STEP_METRIC
+from wgtune.search.scheduler import CellASHA, make_scheduler
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 MAX_T = 6  # epochs; with grace_period 1 and reduction factor 3 the rungs are at epochs 1 and 3
@@ -51,7 +51,7 @@ def make_trial(cell: str, trial_id: str, **config: Any) -> Trial:
 
 
 def result(epoch: int, value: float) -> dict[str, float]:
-    return {"training_iteration": epoch, "epoch": float(epoch), STEP_METRIC: value, "best/val_worst_acc": value}
+    return {"training_iteration": epoch, "epoch": float(epoch), STEP_METRIC: value, SELECTION_METRIC: value}
 
 
 def pooled_asha() -> AsyncHyperBandScheduler:
@@ -169,16 +169,14 @@ def test_final_seed_retrainings_of_the_chosen_config_are_never_stopped_early():
 
 
 def test_the_grid_asha_setting_builds_a_per_cell_asha_and_fifo_builds_fifo():
-    settings = RunSettings(storage="/tmp/unused", name="x", max_concurrent=2, scheduler="asha", grace_period=10,
-                           max_failures=0, epochs=MAX_T, n_startup=2)
-    asha = _scheduler(settings)
+    asha = make_scheduler("asha", grace_period=10, max_t=MAX_T)
     assert isinstance(asha, CellASHA)
     # A grace period longer than the training budget is clamped to it (a stock ASHA would refuse it).
     trial = make_trial(HARD, "t")
     asha.on_trial_add(None, trial)
     assert [asha.on_trial_result(None, trial, result(e, 0.5)) for e in range(1, MAX_T + 1)] == [CONTINUE] * 5 + [STOP]
 
-    fifo = _scheduler(replace(settings, scheduler="fifo"))
+    fifo = make_scheduler("fifo", grace_period=10, max_t=MAX_T)
     assert type(fifo) is FIFOScheduler
 
 

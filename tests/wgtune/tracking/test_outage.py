@@ -160,8 +160,8 @@ def test_a_server_that_stops_and_comes_back_gets_every_write(study, server, capl
 
 
 def test_a_server_that_stays_away_keeps_the_results_on_disk_for_the_next_launch(study, server):
-    from wgtune.spec.errors import UserError
     from wgtune.run.study import LaunchOptions, launch
+    from wgtune.spec.errors import UserError
 
     outage = stop_after_first_finished_trial(server, then=None)
     lines: list[str] = []

@@ -18,19 +18,19 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from wgtune.spec.errors import UserError
-from wgtune.tracking.tracker import (
-    CellInfo,
-    StudyTracker,
+from wgtune.tracking.records import CellRecord
+from wgtune.tracking.store import (
     TrackingUnavailableError,
     artifact_root,
     check_tracking,
     redact,
     resolve_tracking_uri,
 )
+from wgtune.tracking.tracker import StudyTracker
 
-WATERBIRDS = CellInfo("waterbirds/resnet-18/groupdro/scratch", "waterbirds", "resnet", "18", "resnet-18",
+WATERBIRDS = CellRecord("waterbirds/resnet-18/groupdro/scratch", "waterbirds", "resnet", "18", "resnet-18",
                       11_200_000, "groupdro", False)
-CELEBA = CellInfo("celeba/resnet-50/erm/pretrained", "celeba", "resnet", "50", "resnet-50",
+CELEBA = CellRecord("celeba/resnet-50/erm/pretrained", "celeba", "resnet", "50", "resnet-50",
                   23_500_000, "erm", True)
 EPOCH_KEYS = [f"val/group_{g}_acc" for g in range(4)] + [f"train/group_{g}_loss" for g in range(4)] + [
     "train/loss", "train/acc", "val/loss", "val/acc", "val/worst_acc", "test/loss", "test/acc",
@@ -290,7 +290,7 @@ def test_a_diverged_trial_is_an_observation_without_a_value_other_failures_are_n
         summary = tracker.cell_summaries()[WATERBIRDS.cell_id]
         [observation] = summary.observations
         assert (observation.trial_id, observation.value, observation.diverged) == ("d", None, True)
-        assert (summary.failed, summary.final_finished, summary.final_diverged) == (2, 0, 1)
+        assert (summary.failed, summary.final_done) == (2, 1), "a final seed the config diverged on is done"
         assert {r.trial_id: r.diverged for r in tracker.trial_runs(WATERBIRDS.cell_id)} == {
             "d": True, "c": False, "f": True}
 
@@ -445,8 +445,9 @@ def test_starting_a_trial_does_not_wait_for_the_store(study_dir: Path, monkeypat
 KILLED_DRIVER = """
 import os, sys
 from pathlib import Path
-from wgtune.tracking.tracker import StudyTracker, CellInfo
-cell = CellInfo(*{cell!r})
+from wgtune.tracking.records import CellRecord
+from wgtune.tracking.tracker import StudyTracker
+cell = CellRecord(*{cell!r})
 tracker = StudyTracker({uri!r}, "sizes", spool_dir=Path({spool!r}), flush_interval_s=3600)
 tracker.cell_run(cell)
 done = tracker.start_trial(cell.cell_id, "done", {{"lr": 0.1}}, "tpe")
