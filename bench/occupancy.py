@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from trainables.metrics import EPOCH, SELECTION_METRIC, STEP_METRIC  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "occupancy.md"
 NODES, GPUS_PER_NODE, CPUS_PER_NODE = 2, 2, 8
 GPUS = NODES * GPUS_PER_NODE
@@ -73,7 +75,7 @@ def sleeping_trial(config: dict, cells: dict, *, out: str) -> None:
     time.sleep(seconds)
     record["end"] = time.time()
     Path(out, f"{tune.get_context().get_trial_id()}.json").write_text(json.dumps(record))
-    tune.report({"epoch": 1.0, "val/worst_acc": 0.5, "best/val_worst_acc": 0.5})
+    tune.report({EPOCH: 1.0, STEP_METRIC: 0.5, SELECTION_METRIC: 0.5})
 
 
 def run_study(folder: Path, trials_per_cell: int, concurrent: int,

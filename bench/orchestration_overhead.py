@@ -51,6 +51,23 @@ import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
+from trainables.metrics import (  # noqa: E402
+    AVG_ACC,
+    BEST_EPOCH,
+    BEST_TEST_WEIGHTED,
+    EPOCH,
+    LR,
+    STEP_METRIC,
+    TEST,
+    TRAIN,
+    VAL,
+    WEIGHTED_ACC,
+    WORST_ACC,
+    best_key,
+    metric_key,
+)
+from wgtune.tracking.records import KIND_CELL, KIND_TAG, KIND_TRIAL  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "orchestration_overhead.md"
 EPOCHS = 5
 MODELS = ("10x0.25", "10x0.5")
@@ -60,12 +77,13 @@ OBJECTIVES = ("erm", "groupdro")
 def fake_metrics(epoch: int, lr: float) -> dict[str, float]:
     """One epoch's report, with a value that depends on lr so that TPE has something to model."""
     acc = 0.5 + 0.4 * math.exp(-(math.log10(lr) + 2.0) ** 2) * epoch / EPOCHS
-    metrics = {"train/loss": 1.0 / epoch, "lr": lr, "epoch": float(epoch), "best/epoch": float(epoch)}
-    for split in ("val", "test"):
-        metrics.update({f"{split}/avg_acc": acc, f"{split}/worst_acc": acc - 0.15, f"{split}/weighted_acc": acc})
-        metrics.update({f"{split}/acc_g{g}": acc - 0.05 * g for g in range(4)})
-        metrics.update({f"best/{split}_worst_acc": acc - 0.15, f"best/{split}_avg_acc": acc})
-    return {**metrics, "best/test_weighted_acc": acc}
+    metrics = {metric_key(TRAIN, "loss"): 1.0 / epoch, LR: lr, EPOCH: float(epoch), BEST_EPOCH: float(epoch)}
+    for split in (VAL, TEST):
+        metrics.update({metric_key(split, AVG_ACC): acc, metric_key(split, WORST_ACC): acc - 0.15,
+                        metric_key(split, WEIGHTED_ACC): acc})
+        metrics.update({metric_key(split, f"acc_g{g}"): acc - 0.05 * g for g in range(4)})
+        metrics.update({best_key(split, WORST_ACC): acc - 0.15, best_key(split, AVG_ACC): acc})
+    return {**metrics, BEST_TEST_WEIGHTED: acc}
 
 
 def bare_trial(config: dict) -> None:
@@ -142,7 +160,7 @@ def run_callback(folder: Path, trials: int) -> tuple[Clock, str]:
     clock = run_bare(folder, trials, [MLflowLoggerCallback(tracking_uri=uri, experiment_name="bench")])
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("bench").experiment_id], max_results=10_000)
-    steps = len(client.get_metric_history(runs[0].info.run_id, "val/worst_acc"))
+    steps = len(client.get_metric_history(runs[0].info.run_id, STEP_METRIC))
     assert len(runs) == trials and steps == EPOCHS
     return clock, f"{len(runs)} runs, {steps} epochs of val/worst_acc in one"
 
@@ -180,10 +198,10 @@ def run_wgtune(folder: Path, trials_per_cell: int, profiler: cProfile.Profile | 
         tracker.close()
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("overhead").experiment_id], max_results=10_000)
-    children = [r for r in runs if r.data.tags.get("wgtune.kind") == "trial"]
-    parents = [r for r in runs if r.data.tags.get("wgtune.kind") == "cell"]
+    children = [r for r in runs if r.data.tags.get(KIND_TAG) == KIND_TRIAL]
+    parents = [r for r in runs if r.data.tags.get(KIND_TAG) == KIND_CELL]
     finished = sum(r.info.status == "FINISHED" for r in children)
-    steps = len(client.get_metric_history(children[0].info.run_id, "val/worst_acc"))
+    steps = len(client.get_metric_history(children[0].info.run_id, STEP_METRIC))
     expected = len(MODELS) * len(OBJECTIVES) * trials_per_cell
     assert finished == len(children) == expected and len(parents) == len(cells) and steps == EPOCHS, (
         finished, len(children), len(parents), steps)

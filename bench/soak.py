@@ -43,6 +43,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
+from trainables.metrics import STEP_METRIC  # noqa: E402
+from wgtune.tracking.records import (  # noqa: E402
+    ATTEMPTS_TAG,
+    CELL_TAG,
+    DIVERGED_TAG,
+    KIND_TAG,
+    KIND_TRIAL,
+    PHASE_FINAL,
+    PHASE_TAG,
+    SEED_PARAM,
+    TRIAL_ID_TAG,
+)
 
 RESULTS = ROOT / "bench" / "results" / "soak.md"
 MODELS = ["10x0.25", "10x0.5", "12x0.25", "14x0.25"]
@@ -136,7 +148,7 @@ def finished_runs(db: Path) -> int:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
             (count,) = connection.execute(
                 "SELECT COUNT(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid WHERE tags.key = "
-                "'wgtune.kind' AND tags.value = 'trial' AND runs.status = 'FINISHED'").fetchone()
+                f"'{KIND_TAG}' AND tags.value = '{KIND_TRIAL}' AND runs.status = 'FINISHED'").fetchone()
             return int(count)
     except sqlite3.Error:  # tables not made yet, or locked for a moment
         return 0
@@ -216,30 +228,30 @@ def check(workdir: Path, cells: list[str], trials: int, final_seeds: int, epochs
 
     client = MlflowClient(f"sqlite:///{workdir / 'study' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("soak")
-    runs = list(client.search_runs([experiment.experiment_id], "tags.`wgtune.kind` = 'trial'", max_results=50000))
+    runs = list(client.search_runs([experiment.experiment_id], f"tags.`{KIND_TAG}` = '{KIND_TRIAL}'", max_results=50000))
     problems: list[str] = []
-    trial_ids = collections.Counter(r.data.tags["wgtune.trial_id"] for r in runs)
+    trial_ids = collections.Counter(r.data.tags[TRIAL_ID_TAG] for r in runs)
     problems += [f"trial {t} has {n} runs" for t, n in trial_ids.items() if n > 1]
     problems += [f"run {r.info.run_name} is RUNNING" for r in runs if r.info.status == "RUNNING"]
     diverged_finals = 0
     for cell in cells:
-        mine = [r for r in runs if r.data.tags["wgtune.cell"] == cell and r.info.status == "FINISHED"]
-        search = [r for r in mine if r.data.tags["wgtune.phase"] != "final"]
-        final = [r for r in mine if r.data.tags["wgtune.phase"] == "final"]
+        mine = [r for r in runs if r.data.tags[CELL_TAG] == cell and r.info.status == "FINISHED"]
+        search = [r for r in mine if r.data.tags[PHASE_TAG] != PHASE_FINAL]
+        final = [r for r in mine if r.data.tags[PHASE_TAG] == PHASE_FINAL]
         # A seed the chosen config diverged on is done: that seed's result, never re-trained.
-        diverged = [r for r in runs if r.data.tags["wgtune.cell"] == cell and r.data.tags["wgtune.phase"] == "final"
-                    and r.info.status == "FAILED" and r.data.tags.get("wgtune.diverged") == "true"]
+        diverged = [r for r in runs if r.data.tags[CELL_TAG] == cell and r.data.tags[PHASE_TAG] == PHASE_FINAL
+                    and r.info.status == "FAILED" and r.data.tags.get(DIVERGED_TAG) == "true"]
         if len(search) != trials:
             problems.append(f"{cell}: {len(search)} finished search trials, budget {trials}")
         if len(final) + len(diverged) != final_seeds:
             problems.append(f"{cell}: {len(final)} finished and {len(diverged)} diverged final seeds, "
                             f"expected {final_seeds}")
-        seeds = collections.Counter(r.data.params.get("seed") for r in final + diverged)
+        seeds = collections.Counter(r.data.params.get(SEED_PARAM) for r in final + diverged)
         problems += [f"{cell}: seed {s} done {n} times" for s, n in seeds.items() if n > 1]
         diverged_finals += len(diverged)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     for run in finished:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/worst_acc")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, STEP_METRIC)]
         if sorted(steps) != list(range(1, epochs + 1)):
             problems.append(f"{run.info.run_name}: epochs logged {sorted(steps)}")
     reported = set()
@@ -247,7 +259,7 @@ def check(workdir: Path, cells: list[str], trials: int, final_seeds: int, epochs
         for line in log.read_text().splitlines():
             if line.startswith("[") and ": trial " in line and " val worst-group " in line:
                 reported.add(line.split(": trial ", 1)[1].split()[0])
-    finished_ids = {r.data.tags["wgtune.trial_id"] for r in finished}
+    finished_ids = {r.data.tags[TRIAL_ID_TAG] for r in finished}
     lost = sorted(reported - finished_ids)
     problems += [f"trial {t} was reported finished but is not FINISHED in MLflow" for t in lost]
     faults_file = workdir / "faults.jsonl"
@@ -257,7 +269,7 @@ def check(workdir: Path, cells: list[str], trials: int, final_seeds: int, epochs
         "runs": len(runs), "statuses": dict(statuses), "faults": len(faults),
         "faults_by_kind": dict(collections.Counter(f["fault"] for f in faults)),
         "diverged_finals": diverged_finals,
-        "retried_and_finished": sum(int(r.data.tags.get("wgtune.attempts", "1")) > 1 for r in finished),
+        "retried_and_finished": sum(int(r.data.tags.get(ATTEMPTS_TAG, "1")) > 1 for r in finished),
         "reported_finished": len(reported), "lost": len(lost), "problems": problems,
     }
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from bench.machine import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tracking_overhead.md"
-from wgtune.tracking.records import CellRecord  # noqa: E402
+from trainables.metrics import SELECTION_METRIC  # noqa: E402
+from wgtune.tracking.records import KIND_TAG, KIND_TRIAL, CellRecord  # noqa: E402
 from wgtune.tracking.store import artifact_root  # noqa: E402
 from wgtune.tracking.tracker import StudyTracker  # noqa: E402
 
@@ -48,7 +49,7 @@ def sync_per_metric(uri: str, args: argparse.Namespace) -> tuple[float, float, s
     experiment = client.create_experiment("bench")
     started = time.perf_counter()
     for trial in range(args.trials):
-        run_id = client.create_run(experiment, tags={"wgtune.kind": "trial"}, run_name=f"t{trial}").info.run_id
+        run_id = client.create_run(experiment, tags={KIND_TAG: KIND_TRIAL}, run_name=f"t{trial}").info.run_id
         for key, value in PARAMS.items():
             client.log_param(run_id, key, value)
         for epoch in range(args.epochs):
@@ -64,7 +65,7 @@ def sync_batched(uri: str, args: argparse.Namespace) -> tuple[float, float, str]
     experiment = client.create_experiment("bench")
     started = time.perf_counter()
     for trial in range(args.trials):
-        run_id = client.create_run(experiment, tags={"wgtune.kind": "trial"}, run_name=f"t{trial}").info.run_id
+        run_id = client.create_run(experiment, tags={KIND_TAG: KIND_TRIAL}, run_name=f"t{trial}").info.run_id
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in PARAMS.items()], synchronous=True)
         for epoch in range(args.epochs):
             stamp = int(time.time() * 1000)
@@ -103,7 +104,7 @@ def writer(concurrent: int) -> Callable[[str, argparse.Namespace], tuple[float, 
                     driver += epochs[-1]
             for run_id in run_ids:
                 t0 = time.perf_counter()
-                tracker.end_trial(run_id, "FINISHED", summary={"best/val_worst_acc": 0.5})
+                tracker.end_trial(run_id, "FINISHED", summary={SELECTION_METRIC: 0.5})
                 driver += time.perf_counter() - t0
         tracker.close()
         written = (time.perf_counter() - started) * 1000 / args.trials

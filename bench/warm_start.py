@@ -87,6 +87,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from hyperopt import __version__ as HYPEROPT_VERSION  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
+from trainables.metrics import SELECTION_METRIC  # noqa: E402
 from wgtune.search.budget import CellBudget  # noqa: E402
 from wgtune.search.priors import CellPriors, cell_priors  # noqa: E402
 from wgtune.search.router import CellRouter, SearchPlan  # noqa: E402
@@ -96,7 +97,7 @@ from wgtune.tracking.records import loggable_params  # noqa: E402
 from wgtune.tracking.summary import CellSummary, Observation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "warm_start.md"
-METRIC = "best/val_worst_acc"
+METRIC = SELECTION_METRIC
 N_STARTUP = 5  # the product default (grid `search.n_startup`)
 LOOSER_EPS = (0.03, 0.05)
 # Parameter counts of the product's ResNet ladder (trainables.models.count_parameters, 2 classes,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from wgtune.search.budget import CellBudget
+from wgtune.tracking.records import ERROR_TAG
 
 
 @dataclass
@@ -53,7 +54,7 @@ def render(rows: Iterable[CellProgress], title: str = "") -> str:
     for r in rows:
         best = f"{r.best:.3f}" if r.best is not None else "-"
         done, final = f"{r.finished}/{r.budget.search}", f"{r.final}/{r.budget.final}"
-        state = "  FAILING: too many failed trials, see their wgtune.error in MLflow" if r.failing else ""
+        state = f"  FAILING: too many failed trials, see their {ERROR_TAG} in MLflow" if r.failing else ""
         lines.append(f"{r.label:<{width}}  {done:>9}  {final:>7}  {r.running:>3}  {r.failed:>4}  {best}{state}")
     total = f"{sum(r.finished for r in rows)}/{sum(r.budget.search for r in rows)}"
     finals = f"{sum(r.final for r in rows)}/{sum(r.budget.final for r in rows)}"

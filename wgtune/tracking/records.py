@@ -221,7 +221,7 @@ def trial_record(run: Run) -> TrialRecord:
     return TrialRecord(
         run_id=run.info.run_id, cell_id=tags.get(CELL_TAG, ""), trial_id=tags.get(TRIAL_ID_TAG, ""),
         run_name=run.info.run_name or "", status=run.info.status,
-        proposal=tags.get("wgtune.proposal", ""), phase=tags.get("wgtune.phase", ""),
+        proposal=tags.get(PROPOSAL_TAG, ""), phase=tags.get(PHASE_TAG, ""),
         params=dict(run.data.params), metrics=dict(run.data.metrics),
         start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, error=tags.get(ERROR_TAG),
         diverged=tags.get(DIVERGED_TAG) == "true")
