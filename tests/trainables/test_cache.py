@@ -90,6 +90,16 @@ def test_the_cache_lives_in_the_configured_folder_and_is_reused(tmp_path: Path, 
         getattr(d, s).inputs.path.name for d in (first, other_size) for s in ("train", "val", "test"))
 
 
+def test_one_file_serves_two_normalisations_of_the_same_geometry(tmp_path: Path) -> None:
+    layout = textured(make_waterbirds(tmp_path / "data"))
+    imagenet = Preprocessing(PREP.image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    first, second = (load_dataset("waterbirds", layout.root, p) for p in (PREP, imagenet))
+    a, b = cache_splits(first).val.inputs, cache_splits(second).val.inputs
+
+    assert a.path == b.path and a.built_here and not b.built_here
+    assert torch.equal(a[2], first.val.inputs[2]) and torch.equal(b[2], second.val.inputs[2])
+
+
 def _source(root: Path):
     return load_dataset("waterbirds", root, PREP).train.inputs.cache_source("train")
 

@@ -88,17 +88,20 @@ class DecodedCache(Dataset):
     the mapping is private copy-on-write, so nothing can write back to the file).
 
     Also a map-style dataset yielding normalised float C×H×W tensors, like the split it replaces.
+    The normalisation is the opener's (`mean`, `std`): the file holds pixels only, so trials with
+    the same geometry and different normalisations (pretrained or not) share it.
     """
 
-    def __init__(self, path: Path, header: Mapping[str, Any], built_here: bool) -> None:
+    def __init__(self, path: Path, header: Mapping[str, Any], built_here: bool,
+                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.path = path
         self.header = dict(header)
         self.built_here = built_here
         shape = tuple(header["shape"])
         self._array = np.memmap(path, dtype=np.uint8, mode="c", offset=HEADER_BYTES, shape=shape)
         self.images = torch.from_numpy(self._array)
-        self.mean = tuple(header["mean"])
-        self.std = tuple(header["std"])
+        self.mean = tuple(mean)
+        self.std = tuple(std)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -126,17 +129,17 @@ def open_cache(source: CacheSource, workers: int = 0, folder: Path | None = None
     path = folder / source.name
     key = json.loads(_canonical(source.key))
     with contextlib.suppress(_Invalid):
-        return DecodedCache(path, _checked_header(path, key), built_here=False)
+        return DecodedCache(path, _checked_header(path, key), False, source.mean, source.std)
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(path.with_suffix(".lock")):
         try:  # built by another process while this one waited for the lock
-            return DecodedCache(path, _checked_header(path, key), built_here=False)
+            return DecodedCache(path, _checked_header(path, key), False, source.mean, source.std)
         except _Invalid as why:
             if path.exists():
                 _log.warning("decoded cache %s is unusable (%s): rebuilding it", path, why)
         _remove_stale(path)
         _build(source, path, key, workers)
-    return DecodedCache(path, _checked_header(path, key), built_here=True)
+    return DecodedCache(path, _checked_header(path, key), True, source.mean, source.std)
 
 
 def verify_cache(path: Path) -> None:
@@ -225,8 +228,7 @@ def _build(source: CacheSource, path: Path, key: Mapping[str, Any], workers: int
             raise ValueError(f"decoded cache {path}: {at} images decoded, {count} expected")
         data.flush()
         flat = data.reshape(-1)
-        header = {"key": key, "shape": list(shape), "dtype": "uint8", "layout": "NHWC",
-                  "mean": list(source.mean), "std": list(source.std), "chunk_bytes": CHUNK_BYTES,
+        header = {"key": key, "shape": list(shape), "dtype": "uint8", "layout": "NHWC", "chunk_bytes": CHUNK_BYTES,
                   "crc32": [zlib.crc32(flat[k:k + CHUNK_BYTES]) for k in range(0, flat.size, CHUNK_BYTES)]}
         del data, flat
         encoded = MAGIC + json.dumps(header).encode()
