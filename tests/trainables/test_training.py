@@ -188,3 +188,15 @@ def test_a_last_batch_of_one_is_skipped_and_the_schedule_counts_the_steps_taken(
     # Cosine reaches zero after exactly the steps the schedule was told of: the batches trained.
     assert reports[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert reports[0]["lr"] > 0
+
+
+def test_compiling_in_place_keeps_the_checkpoint_keys_of_the_plain_model():
+    # `compile: true` runs torch.compile (a minute on the CPU, measured by bench/gpu.py instead);
+    # what must hold without running it: checkpoints of compiled and plain runs are interchangeable.
+    from trainables.models import create_model
+
+    plain = create_model("resnet-10x0.25", 2, 16)
+    compiled = create_model("resnet-10x0.25", 2, 16)
+    compiled.compile()
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert list(torch.compile(plain).state_dict()) != list(plain.state_dict())  # why not torch.compile(model)
