@@ -2,6 +2,7 @@
 
     python -m bench                  # run every benchmark, then assemble
     python -m bench throughput ...   # run these only, then assemble
+    python -m bench gpu --device cpu --smoke   # options after one name go to that benchmark
     python -m bench --assemble       # assemble what bench/results/ holds, run nothing
 
 Each benchmark runs in its own process (they measure memory and time; they must not share one)
@@ -21,6 +22,8 @@ OUTPUT = HERE.parent / "BENCHMARKS.md"
 # In the order BENCHMARKS.md shows them.
 BENCHMARKS = (
     "throughput",
+    "data_path",
+    "gpu",
     "ilc_memory",
     "worst_group_table",
     "orchestration_overhead",
@@ -37,15 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--assemble", action="store_true", help="only rebuild BENCHMARKS.md")
-    args = parser.parse_args(argv)
+    args, options = parser.parse_known_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; valid: {', '.join(BENCHMARKS)}")
+    if options and len(args.names) != 1:
+        parser.error(f"options {' '.join(options)} go to one benchmark: name exactly one")
     failed = []
     if not args.assemble:
         for name in args.names or BENCHMARKS:
             print(f"== bench/{name}.py", flush=True)
-            if subprocess.call([sys.executable, str(HERE / f"{name}.py")]) != 0:
+            if subprocess.call([sys.executable, str(HERE / f"{name}.py"), *options]) != 0:
                 failed.append(name)
     OUTPUT.write_text(assemble())
     print(f"wrote {OUTPUT}")

@@ -12,6 +12,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 ENVIRONMENTS = ("groups", "attribute")
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_TEST = ("best", "every")
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,12 @@ class TrialConfig:
     num_workers: int = 0
     device: str = "auto"
     amp: bool = True
+    cache: bool = True
+    """Decode lazily loaded images once into a shared on-disk cache (trainables/datasets/cache.py)."""
+    eval_test: str = "best"
+    """best: evaluate test only at epochs where validation worst-group accuracy improves; every: each epoch."""
+    compile: bool = False
+    """torch.compile the model (in place)."""
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> TrialConfig:
@@ -62,6 +69,7 @@ class TrialConfig:
             ("schedule", SCHEDULES),
             ("environments", ENVIRONMENTS),
             ("device", DEVICES),
+            ("eval_test", EVAL_TEST),
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")

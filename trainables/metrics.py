@@ -47,7 +47,9 @@ IMAGES_PER_S = metric_key(TRAIN, "images_per_s")
 """Training throughput of the epoch."""
 CHECKPOINT_SECONDS = metric_key(TRAIN, "checkpoint_s")
 """Wall seconds the epoch's checkpoint took to write (part of the cost of resumable trials)."""
-TIMINGS = (IMAGES_PER_S, CHECKPOINT_SECONDS)
+DATA_WAIT_FRACTION = metric_key(TRAIN, "data_wait_fraction")
+"""The share of the epoch's wall time spent waiting for the next batch (the data path keeping up, or not)."""
+TIMINGS = (IMAGES_PER_S, CHECKPOINT_SECONDS, DATA_WAIT_FRACTION)
 """Metrics that measure the machine, not the training: they differ between identical runs."""
 
 

@@ -1,5 +1,8 @@
 """The training loop of one trial: train, evaluate every group each epoch, checkpoint, report.
 
+Validation is evaluated every epoch; test, by default (`eval_test: best`), only at the epochs
+whose validation worst-group accuracy improves: the epochs model selection can report.
+
 `report(metrics, checkpoint_dir)` is the loop's only contact with the outside world, so the
 same loop runs under Ray Tune, from `wgtune train`, and in a notebook.
 """
@@ -18,9 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainables.config import TrialConfig
 from trainables.datasets import DATASETS, GroupData, GroupSplit, Preprocessing, load_dataset
+from trainables.datasets.cache import DecodedCache, cache_splits
+from trainables.feed import cached_batches
+from trainables.meter import StepMeter
 from trainables.metrics import (
     BEST_EPOCH,
     CHECKPOINT_SECONDS,
+    DATA_WAIT_FRACTION,
     EPOCH,
     IMAGES_PER_S,
     LR,
@@ -37,9 +44,11 @@ from trainables.metrics import (
 )
 from trainables.models import ModelSize, create_model, resolve
 from trainables.objectives import Objective, create_objective
+from trainables.precision import Precision, choose_precision
 
 Report = Callable[[dict[str, float], Path], None]
 CHECKPOINT_FILE = "state.pt"
+"""Reported metrics that measure the machine, not the run: they differ between identical runs."""
 EVAL_BATCH = 512
 
 
@@ -58,6 +67,7 @@ def train(
 
     Returns the last epoch's metrics, which include the best epoch's (`best/*`): the model is
     selected by validation worst-group accuracy, and test metrics are those of that epoch.
+    `test/*` metrics are in an epoch's report when test was evaluated then (see `eval_test`).
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_mapping(config)
     run = _Run.build(cfg)
@@ -69,7 +79,8 @@ def train(
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         metrics = run.train_epoch(epoch)
         metrics.update(run.evaluate(run.data.val).as_metrics(VAL))
-        metrics.update(run.evaluate(run.data.test).as_metrics(TEST))
+        if cfg.eval_test == "every" or run.improves(metrics):
+            metrics.update(run.evaluate(run.data.test).as_metrics(TEST))
         run.update_best(epoch, metrics)
         metrics.update(run.best)
         run.epoch = epoch
@@ -111,6 +122,7 @@ class _Run:
     train_proportions: torch.Tensor
     epoch: int = 0
     best: dict[str, float] | None = None
+    precision: Precision = Precision()
 
     @classmethod
     def build(cls, cfg: TrialConfig) -> _Run:
@@ -119,9 +131,14 @@ class _Run:
         size = resolve(cfg.model)
         prep = resolve_preprocessing(size, cfg.dataset, cfg)
         data = load_dataset(cfg.dataset, cfg.data_root, prep, cfg.dataset_options)
+        if cfg.cache:
+            data = cache_splits(data, workers=cfg.num_workers)
         model = create_model(cfg.model, data.n_classes, prep.image_size, cfg.pretrained, cfg.weights).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+        if cfg.compile:
+            model.compile()  # in place: state_dict keys (checkpoints) stay those of the plain model
         env_of_group = _environments(cfg.environments, data)
         counts = data.train_group_counts()
         env_counts = torch.zeros(int(env_of_group.max()) + 1, dtype=torch.long).index_add_(0, env_of_group, counts)
@@ -129,38 +146,43 @@ class _Run:
         optimizer = _optimizer(cfg, model)
         steps = cfg.epochs * _batches_per_epoch(len(data.train), cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, steps))
-        scaler = torch.amp.GradScaler(device.type, enabled=_amp(cfg, device))
+        precision = choose_precision(cfg.amp, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
         return cls(cfg, device, data, model, objective, optimizer, scheduler, scaler, env_of_group,
-                   counts.double() / counts.sum(), best={})
+                   counts.double() / counts.sum(), best={}, precision=precision)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training split; returns mean statistics and the throughput."""
+        """One pass over the training split; returns mean statistics and the throughput.
+
+        Statistics stay on the device and are read back every `meter.CHECK_EVERY` steps and at
+        the end, where a non-finite loss raises `DivergedError` naming the first such step.
+        """
         self.model.train()
-        sums: dict[str, float] = {}
-        batches = images = 0
+        meter = StepMeter(lambda step, loss: DivergedError(
+            f"training loss became {loss} at epoch {epoch}, step {step} "
+            f"(lr={self.cfg.lr:g}, objective={self.cfg.objective})"
+        ))
+        env_of_group = self.env_of_group.to(self.device)
+        images = 0
         start = time.perf_counter()
-        for x, y, g in self._batches(self.data.train, self.cfg.batch_size, shuffle_seed=self.cfg.seed * 100_003 + epoch):
-            env = self.env_of_group[g.cpu()].to(self.device, non_blocking=True)
+        batches = self._batches(self.data.train, self.cfg.batch_size, shuffle_seed=self.cfg.seed * 100_003 + epoch)
+        for x, y, g in meter.timed(batches):
+            env = env_of_group[g]
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
+            with self.precision.autocast(self.device):
                 stats = self.objective.backward(self.model, x, y, env, self.scaler.scale)
-            if not math.isfinite(stats["loss"]):
-                raise DivergedError(
-                    f"training loss became {stats['loss']} at epoch {epoch}, step {batches + 1} "
-                    f"(lr={self.cfg.lr:g}, objective={self.cfg.objective})"
-                )
-            if stats.pop("reset_optimizer", 0.0):
+            reset = stats.pop("reset_optimizer", 0.0)
+            meter.add(stats)
+            if reset:
                 self.optimizer.state.clear()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value
-            batches += 1
             images += len(y)
+        means = meter.finish()
         seconds = time.perf_counter() - start
-        metrics = {metric_key(TRAIN, key): value / max(batches, 1) for key, value in sums.items()}
-        metrics.update({EPOCH: float(epoch), IMAGES_PER_S: images / seconds,
+        metrics = {metric_key(TRAIN, key): value for key, value in means.items()}
+        metrics.update({EPOCH: float(epoch), IMAGES_PER_S: images / seconds, DATA_WAIT_FRACTION: meter.wait_s / seconds,
                         LR: self.scheduler.get_last_lr()[0]})
         return metrics
 
@@ -170,13 +192,17 @@ class _Run:
         self.model.eval()
         correct = []
         for x, y, _ in self._batches(split, EVAL_BATCH, shuffle_seed=None):
-            with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
-                correct.append((self.model(x).argmax(dim=1) == y).cpu())
+            with self.precision.autocast(self.device):
+                correct.append(self.model(x).argmax(dim=1) == y)  # on the device: one read-back below
         return group_accuracy(torch.cat(correct), split.g, self.data.n_groups, self.train_proportions)
+
+    def improves(self, metrics: Mapping[str, float]) -> bool:
+        """Whether this epoch's validation worst-group accuracy beats the best so far (first on ties)."""
+        return not self.best or metrics[STEP_METRIC] > self.best[SELECTION_METRIC]
 
     def update_best(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Model selection: the epoch with the best validation worst-group accuracy (first on ties)."""
-        if self.best and not metrics[STEP_METRIC] > self.best[SELECTION_METRIC]:
+        if not self.improves(metrics):
             return
         self.best = {BEST_EPOCH: float(epoch),
                      **{best_key(split, name): metrics[metric_key(split, name)] for split, name in SELECTED}}
@@ -219,6 +245,11 @@ class _Run:
         order = None
         if shuffle_seed is not None:
             order = torch.randperm(len(split), generator=torch.Generator().manual_seed(shuffle_seed))
+        if isinstance(split.inputs, DecodedCache):
+            drop_last = shuffle_seed is not None and _drops_last(len(split), batch_size)
+            yield from cached_batches(split.inputs, split.y, split.g, order, batch_size, drop_last, self.device,
+                                      channels_last=self.device.type == "cuda")
+            return
         if split.in_memory:
             inputs = split.inputs
             index = order if order is not None else torch.arange(len(split))
@@ -235,6 +266,8 @@ class _Run:
             pin_memory=self.device.type == "cuda",
             drop_last=shuffle_seed is not None and _drops_last(len(split), batch_size),
             persistent_workers=False,
+            # Not the global RNG (the model's): then the cached path, which has no loader, draws the same.
+            generator=torch.Generator().manual_seed(shuffle_seed or 0),
         )
         for x, idx in loader:
             yield self._to_device(x, split.y[idx], split.g[idx])
@@ -289,6 +322,3 @@ def _batches_per_epoch(n: int, batch_size: int) -> int:
     """Optimizer steps per epoch (the LR schedule's unit): the batches the loader yields."""
     return math.ceil(n / batch_size) - _drops_last(n, batch_size)
 
-
-def _amp(cfg: TrialConfig, device: torch.device) -> bool:
-    return cfg.amp and device.type == "cuda"

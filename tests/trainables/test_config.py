@@ -26,6 +26,9 @@ def test_values_from_search_spaces_are_coerced_without_losing_meaning():
         ({"epochs": True}, "epochs must be int"),
         ({"dataset_options": [1, 2]}, "dataset_options must be a mapping"),
         ({"momentum": 1.0}, "momentum in"),
+        ({"eval_test": "last"}, "eval_test must be one of best, every"),
+        ({"cache": "yes"}, "cache must be bool"),
+        ({"compile": 1}, "compile must be bool"),
     ],
 )
 def test_invalid_values_name_the_key(raw, message):

@@ -27,8 +27,12 @@ def run(
     objective: Objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor,
     scale: Scale = identity,
 ) -> dict[str, float]:
+    """One `backward`; its statistics as floats, once each is known to be a number or a 0-dim tensor."""
     model.zero_grad(set_to_none=True)
-    return objective.backward(model, x, y, env, scale)
+    stats = objective.backward(model, x, y, env, scale)
+    for key, value in stats.items():
+        assert isinstance(value, float) or (isinstance(value, torch.Tensor) and value.dim() == 0), (key, value)
+    return {key: float(value) for key, value in stats.items()}
 
 
 def mlp(seed: int = 0, d_in: int = 5) -> nn.Module:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.trainables.wilds_layouts import make_waterbirds
+from tests.trainables.wilds_layouts import make_waterbirds, textured
+from trainables.datasets.cache import CACHE_DIR_ENV
 from trainables.metrics import CHECKPOINT_SECONDS, IMAGES_PER_S, TIMINGS
 from trainables.objectives import OBJECTIVES
 from trainables.training import CHECKPOINT_FILE, DivergedError, train
 
 TINY = {"dataset": "spurious_digits", "model": "resnet-10x0.25", "epochs": 2, "batch_size": 128, "lr": 0.05,
         "image_size": 16}
+
+
+def strip(report: dict, *prefixes: str) -> dict:
+    """A report without its timing metrics (and keys with `prefixes`): what identical runs share."""
+    return {k: v for k, v in report.items() if k not in TIMINGS and not k.startswith(prefixes)}
 
 
 def run(config: dict, tmp_path: Path, **kwargs) -> tuple[list[dict], list[Path], dict]:
@@ -31,7 +38,7 @@ def run(config: dict, tmp_path: Path, **kwargs) -> tuple[list[dict], list[Path],
 
 
 def test_reports_every_epoch_with_per_group_metrics_of_val_and_test(tmp_path):
-    reports, checkpoints, final = run(TINY, tmp_path)
+    reports, checkpoints, final = run({**TINY, "eval_test": "every"}, tmp_path)
 
     assert [r["epoch"] for r in reports] == [1.0, 2.0]
     for r in reports:
@@ -54,11 +61,26 @@ def test_the_best_epoch_is_chosen_by_validation_worst_group_accuracy(tmp_path):
     assert final["best/test_avg_acc"] == best["test/avg_acc"]
 
 
+def test_test_is_evaluated_only_where_validation_improves_and_selection_is_unchanged(tmp_path):
+    every, _, final_every = run({**TINY, "epochs": 4, "eval_test": "every"}, tmp_path / "every")
+    best, _, final_best = run({**TINY, "epochs": 4, "eval_test": "best"}, tmp_path / "best")
+
+    record = float("-inf")
+    for e, b in zip(every, best):
+        improved = e["val/worst_acc"] > record  # the first epoch always improves
+        record = max(record, e["val/worst_acc"])
+        tested = {k: v for k, v in e.items() if k.startswith("test/")}
+        assert {k: v for k, v in b.items() if k.startswith("test/")} == (tested if improved else {})
+        assert strip(b, "test/") == strip(e, "test/")
+    assert any(not k.startswith("test/") for k in best[0])
+    assert {k: v for k, v in final_best.items() if k.startswith("best/")} == \
+        {k: v for k, v in final_every.items() if k.startswith("best/")}
+
+
 def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
     first, _, _ = run(TINY, tmp_path / "a")
     second, _, _ = run(TINY, tmp_path / "b")
 
-    strip = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}  # noqa: E731
     assert [strip(r) for r in first] == [strip(r) for r in second]
 
 
@@ -76,7 +98,6 @@ def test_resuming_from_a_checkpoint_continues_exactly_where_it_stopped(tmp_path)
         train({**TINY, "epochs": 3}, stop_after_first, workdir=tmp_path / "interrupted")
     resumed, _, _ = run({**TINY, "epochs": 3}, tmp_path / "resumed", resume_from=tmp_path / "interrupted" / "checkpoint")
 
-    strip = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}  # noqa: E731
     assert [r["epoch"] for r in resumed] == [2.0, 3.0]
     assert [strip(r) for r in resumed] == [strip(r) for r in straight[1:]]
 
@@ -89,8 +110,12 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_a_diverging_loss_ends_the_trial_with_a_clear_error(tmp_path):
-    with pytest.raises(DivergedError, match=r"training loss became (nan|inf) at epoch 1"):
-        train({**TINY, "lr": 1e12, "momentum": 0.0, "schedule": "constant"}, workdir=tmp_path)
+    reports: list[dict] = []
+    with pytest.raises(DivergedError, match=r"training loss became (nan|inf) at epoch 1, step \d+ \(lr=1e\+12"):
+        train({**TINY, "lr": 1e12, "momentum": 0.0, "schedule": "constant"}, lambda m, _: reports.append(m),
+              workdir=tmp_path)
+    # Caught before the epoch's checkpoint and report, though the check reads back in bulk.
+    assert reports == [] and not (tmp_path / "checkpoint" / CHECKPOINT_FILE).exists()
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES.names())
@@ -111,12 +136,28 @@ def test_environments_can_be_the_spurious_attribute_instead_of_the_groups(tmp_pa
 def test_lazily_decoded_wilds_data_trains_through_dataloader_workers(tmp_path):
     make_waterbirds(tmp_path / "data")
     config = {"dataset": "waterbirds", "data_root": str(tmp_path / "data"), "model": "resnet-10x0.25",
-              "image_size": 16, "epochs": 1, "batch_size": 4, "num_workers": 1}
+              "image_size": 16, "epochs": 1, "batch_size": 4, "num_workers": 1, "cache": False}
 
     reports, _, _ = run(config, tmp_path / "work")
 
     # Waterbirds' val split of the tiny layout has every group present (see wilds_layouts).
     assert not any(math.isnan(reports[0][f"val/acc_g{k}"]) for k in range(4))
+
+
+@pytest.mark.parametrize("objective", ["erm", "groupdro"])
+def test_the_decoded_cache_changes_no_metric_on_a_fixed_seed(objective, tmp_path):
+    textured(make_waterbirds(tmp_path / "data"))
+    # batch_size 4 over 13 training images: a last batch of one, which training skips.
+    config = {"dataset": "waterbirds", "data_root": str(tmp_path / "data"), "model": "resnet-10x0.25",
+              "objective": objective, "image_size": 16, "epochs": 3, "batch_size": 4, "eval_test": "every"}
+
+    plain, _, _ = run({**config, "cache": False}, tmp_path / "plain")
+    cached, _, _ = run({**config, "cache": True}, tmp_path / "cached")
+
+    assert len(cached) == 3 and any(f.suffix == ".u8" for f in Path(os.environ[CACHE_DIR_ENV]).iterdir())
+    for a, b in zip(plain, cached):
+        assert strip(a).keys() == strip(b).keys()
+        assert strip(b) == pytest.approx(strip(a), rel=1e-6, abs=1e-9)
 
 
 def test_an_unknown_setting_fails_before_any_work(tmp_path):
@@ -148,3 +189,15 @@ def test_a_last_batch_of_one_is_skipped_and_the_schedule_counts_the_steps_taken(
     # Cosine reaches zero after exactly the steps the schedule was told of: the batches trained.
     assert reports[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert reports[0]["lr"] > 0
+
+
+def test_compiling_in_place_keeps_the_checkpoint_keys_of_the_plain_model():
+    # `compile: true` runs torch.compile (a minute on the CPU, measured by bench/gpu.py instead);
+    # what must hold without running it: checkpoints of compiled and plain runs are interchangeable.
+    from trainables.models import create_model
+
+    plain = create_model("resnet-10x0.25", 2, 16)
+    compiled = create_model("resnet-10x0.25", 2, 16)
+    compiled.compile()
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert list(torch.compile(plain).state_dict()) != list(plain.state_dict())  # why not torch.compile(model)

@@ -12,6 +12,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 SPLITS = ("train", "val", "test")
@@ -130,3 +131,13 @@ def make_celeba(root: Path) -> Layout:
             rows.append(Row(split, blond, male, data_dir / "img_align_celeba" / image_id, _colour(k)))
     return Layout(root, data_dir, tuple(rows))
 
+
+
+def textured(layout: Layout, size: tuple[int, int] = (20, 14), seed: int = 0) -> Layout:
+    """Overwrite the layout's solid-colour JPEGs with noise of a non-square `size` (width, height),
+    so that a transposed, flipped or mis-cropped image differs from the right one."""
+    rng = np.random.default_rng(seed)
+    for row in layout.rows:
+        pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(row.image, format="JPEG", quality=95)
+    return layout

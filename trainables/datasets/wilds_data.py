@@ -12,6 +12,7 @@ as a side effect, and its own error does not say what the folder must hold.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from trainables.datasets.base import DataNotFoundError, DatasetSpec, GroupData, 
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from trainables.datasets.cache import CacheSource
 
 WILDS_DOWNLOADS = "https://wilds.stanford.edu/downloads"
 SPLITS = ("train", "val", "test")
@@ -82,6 +85,24 @@ class WildsImages(Dataset[torch.Tensor]):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self.dataset.get_input(int(self.indices[index])))
+
+    def cache_source(self, split: str) -> CacheSource:
+        """These images for the decoded cache: keyed by the wilds data set, version, folder, the
+        examples (indices and file names) and the geometric part of the transform."""
+        from trainables.datasets.cache import CacheSource, GeometricImages, decompose
+
+        geometric, mean, std = decompose(self.transform)
+        examples = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes())
+        files = getattr(self.dataset, "_input_array", None)  # file names, where wilds keeps them
+        if files is not None:
+            examples.update("\n".join(str(files[i]) for i in self.indices).encode())
+        key = {"dataset": self.dataset.dataset_name, "version": self.dataset.version,
+               "data_dir": str(Path(self.dataset.data_dir).resolve()), "split": split,
+               "count": len(self.indices), "examples": examples.hexdigest(), "preprocessing": repr(geometric)}
+        return CacheSource(key, GeometricImages(self._decode, len(self.indices), geometric), mean, std)
+
+    def _decode(self, index: int) -> Image.Image:
+        return self.dataset.get_input(int(self.indices[index]))
 
 
 def image_transform(preprocessing: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:

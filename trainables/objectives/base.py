@@ -31,8 +31,11 @@ class Objective(ABC):
     @abstractmethod
     def backward(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
-    ) -> dict[str, float]:
+    ) -> dict[str, float | torch.Tensor]:
         """Forward and backward one batch; return scalar statistics, at least `loss`.
+
+        A statistic is a number or a 0-dim tensor; tensors may stay on the device (detached), so
+        the loop reads them back every few steps (`trainables.meter`) instead of waiting each step.
 
         `env` holds each example's environment index in ``[0, n_envs)``. A statistic
         `reset_optimizer: 1.0` asks the loop to reset its optimizer state (IRM's anneal end).

@@ -17,9 +17,9 @@ class ERM(Objective):
 
     def backward(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
-    ) -> dict[str, float]:
+    ) -> dict[str, float | torch.Tensor]:
         """Forward the batch once and backpropagate its mean cross-entropy."""
         del env
         loss = F.cross_entropy(model(x), y)
         scale(loss).backward()
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}  # a device tensor: the loop reads statistics back in bulk

@@ -137,10 +137,12 @@ def _key_values(flag: str, items: list[str]) -> dict[str, Any]:
 
 def _print_epoch(metrics: dict[str, float], checkpoint: Path) -> None:
     del checkpoint
+    # With eval_test: best, test is evaluated only at epochs where validation worst-group improves.
+    test = (f"test avg {metrics[metric_key(TEST, AVG_ACC)]:.3f} worst {metrics[metric_key(TEST, WORST_ACC)]:.3f}  "
+            if metric_key(TEST, AVG_ACC) in metrics else "")
     print(
         f"epoch {metrics[EPOCH]:>3.0f}  loss {metrics[metric_key(TRAIN, 'loss')]:.4f}  "
         f"val avg {metrics[metric_key(VAL, AVG_ACC)]:.3f} worst {metrics[metric_key(VAL, WORST_ACC)]:.3f}  "
-        f"test avg {metrics[metric_key(TEST, AVG_ACC)]:.3f} worst {metrics[metric_key(TEST, WORST_ACC)]:.3f}  "
-        f"({metrics[IMAGES_PER_S]:.0f} img/s)",
+        f"{test}({metrics[IMAGES_PER_S]:.0f} img/s)",
         flush=True,
     )

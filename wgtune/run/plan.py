@@ -68,6 +68,9 @@ def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:
         "image_size": train.image_size,
         "num_workers": train.num_workers,
         "amp": train.amp,
+        "cache": train.cache,
+        "eval_test": train.eval_test,
+        "compile": train.compile,
         "seed": cell.seed(grid.spec.search.seed) % 2**31,
     }
 

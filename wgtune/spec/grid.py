@@ -78,11 +78,23 @@ class PriorSettings(_Strict):
 
 
 class TrainSettings(_Strict):
-    """Trial settings that are not searched and hold for every cell."""
+    """Trial settings that are not searched and hold for every cell (see trainables/config.py)."""
 
     image_size: int | None = Field(None, ge=8)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="decoding processes; also the decoders of a cache build")
     amp: bool = True
+    cache: bool = Field(True, description="decode WILDS images once per node into a shared uint8 cache")
+    eval_test: str = Field("best", description="best: test only where validation worst-group improves; every")
+    compile: bool = Field(False, description="torch.compile the model")
+
+    @field_validator("eval_test")
+    @classmethod
+    def _known_eval_test(cls, value: str) -> str:
+        from trainables.config import EVAL_TEST
+
+        if value not in EVAL_TEST:
+            raise ValueError(f"must be one of {', '.join(EVAL_TEST)}")
+        return value
 
 
 class Filter(_Strict):

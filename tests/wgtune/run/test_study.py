@@ -81,9 +81,14 @@ def test_a_study_logs_one_parent_per_cell_and_one_child_per_trial(tmp_path, ray_
         assert child.data.tags["wgtune.proposal"] in {"random", "tpe"}
         space = _space_of(grid, cells[cell_id])
         assert space.contains(parse_params(space, child.data.params)) is None
-        for key in ("val/worst_acc", "test/worst_acc", "val/acc_g3", "train/loss", "test/weighted_acc"):
+        for key in ("val/worst_acc", "val/acc_g3", "train/loss"):
             history = client.get_metric_history(child.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
+        # eval_test: best (the default): test is evaluated at the epochs model selection may report.
+        val = sorted(client.get_metric_history(child.info.run_id, "val/worst_acc"), key=lambda m: m.step)
+        improving = [m.step for i, m in enumerate(val) if all(m.value > e.value for e in val[:i])]
+        for key in ("test/worst_acc", "test/weighted_acc"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == improving, key
         assert "best/val_worst_acc" in child.data.metrics
     assert all(row.finished == 3 for row in progress.values())
     assert any(line.startswith("[3/3]") for line in lines)
