@@ -6,6 +6,7 @@ same loop runs under Ray Tune, from `wgtune train`, and in a notebook.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from trainables.augment import create_augment, epoch_generator
 from trainables.config import TrialConfig
 from trainables.datasets import DATASETS, GroupData, GroupSplit, Preprocessing, load_dataset
 from trainables.metrics import GroupAccuracy, group_accuracy
-from trainables.models import ModelSize, create_model, resolve
+from trainables.models import ModelSize, create_model, pretrained_normalisation, resolve
 from trainables.objectives import Objective, create_objective
 
 Report = Callable[[dict[str, float], Path], None]
@@ -66,8 +68,9 @@ def train(
 def resolve_preprocessing(size: ModelSize, dataset: str, cfg: TrialConfig) -> Preprocessing:
     """Input size and normalisation: the pretrained weights' when pretrained, else the data set's."""
     if cfg.pretrained:
-        return Preprocessing(cfg.image_size or size.pretrained_image_size, size.pretrained_mean, size.pretrained_std)
-    return Preprocessing(cfg.image_size or DATASETS.get(dataset).default_image_size)
+        mean, std = pretrained_normalisation(size.id, cfg.weights)
+        return Preprocessing(cfg.image_size or size.pretrained_image_size, mean, std, augment=cfg.augment)  # type: ignore[arg-type]
+    return Preprocessing(cfg.image_size or DATASETS.get(dataset).default_image_size, augment=cfg.augment)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,6 +96,7 @@ class _Run:
     train_proportions: torch.Tensor
     epoch: int = 0
     best: dict[str, float] | None = None
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @classmethod
     def build(cls, cfg: TrialConfig) -> _Run:
@@ -112,8 +116,9 @@ class _Run:
         steps = cfg.epochs * _batches_per_epoch(len(data.train), cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, steps))
         scaler = torch.amp.GradScaler(device.type, enabled=_amp(cfg, device))
+        augment = create_augment(cfg.augment, DATASETS.get(cfg.dataset).augment_options.get(cfg.augment))
         return cls(cfg, device, data, model, objective, optimizer, scheduler, scaler, env_of_group,
-                   counts.double() / counts.sum(), best={})
+                   counts.double() / counts.sum(), best={}, augment=functools.partial(augment, size=prep.image_size))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training split; returns mean statistics and the throughput."""
@@ -121,7 +126,9 @@ class _Run:
         sums: dict[str, float] = {}
         batches = images = 0
         start = time.perf_counter()
+        generator = epoch_generator(self.cfg.seed, epoch)  # from seed and epoch: a resumed run re-draws the same
         for x, y, g in self._batches(self.data.train, self.cfg.batch_size, shuffle_seed=self.cfg.seed * 100_003 + epoch):
+            x = self.augment(x, generator)  # type: ignore[misc]
             env = self.env_of_group[g.cpu()].to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
