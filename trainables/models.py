@@ -16,7 +16,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from trainables.pretrained import WEIGHTS_DIR_ENV, PretrainedWeightsError, find_weights, normalisation
+from trainables.pretrained import (
+    WEIGHTS_DIR_ENV,
+    PretrainedWeightsError,
+    find_weights,
+    load_fitting,
+    normalisation,
+    read_weights,
+)
 from trainables.registry import Registry
 
 if TYPE_CHECKING:
@@ -100,6 +107,8 @@ class ResNetFamily(ModelFamily):
         "10x0.25", "18x0.25", "10x0.5", "18x0.5", "10", "12", "14", "18", "26", "34", "50", "101", "152",
     )  # fmt: skip
     base_channels: ClassVar[tuple[int, ...]] = (64, 128, 256, 512)
+    # Depths at width 1 that are timm's resnet<depth> and torchvision's, with published weights.
+    published_depths: ClassVar[tuple[int, ...]] = (18, 34, 50, 101, 152)
     _pattern = re.compile(r"(\d+)(?:x(\d+(?:\.\d*)?|\.\d+))?")
 
     def parse(self, size: str) -> dict[str, Any]:
@@ -147,8 +156,6 @@ class ResNetFamily(ModelFamily):
 
     def published_sizes(self) -> tuple[str, ...]:
         return tuple(str(depth) for depth in self.published_depths)
-
-    published_depths: ClassVar[tuple[int, ...]] = (18, 34, 50, 101, 152)
 
     def _standard(self, arch: Mapping[str, Any]) -> bool:
         # timm's resnet10t/14t/26 differ (tiered stem, bottlenecks), so only these are equal.
@@ -360,8 +367,6 @@ def count_parameters(model_id: str, n_classes: int = 2, image_size: int = 224) -
     return sum(p.numel() for p in model.parameters())
 
 
-
-
 def create_model(
     model_id: str,
     n_classes: int,
@@ -381,8 +386,6 @@ def create_model(
     family = FAMILIES.get(size.family)
     model = family.build(size.arch, n_classes, image_size)
     if pretrained:
-        from trainables.pretrained import load_fitting, read_weights
-
         source = find_weights(size, weights, available=functools.partial(_published, size.family), allow_download=True)
         state, where = read_weights(source, n_classes, size.id)
         if source.library == "torchvision":

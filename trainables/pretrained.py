@@ -52,7 +52,7 @@ class PretrainedWeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """One resolved source of weights: what it is (`spec`), where it is, how to normalise inputs for it."""
+    """One resolved source of weights: what it is (`spec`) and where it is."""
 
     spec: str
     """The source as recorded on a cell: ``timm:<arch>.<tag>``, ``torchvision:<arch>.<NAME>``, ``file:<path>``."""
@@ -60,8 +60,6 @@ class WeightsSource:
     """``timm``, ``torchvision`` or ``file``: torchvision's keys are mapped onto timm's model."""
     path: Path | None
     """The local file; None only for a timm source not cached, which the hub may serve at trial time."""
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     hub_id: str | None = None
     timm_name: str | None = None
 
@@ -83,12 +81,12 @@ def find_weights(
     library, name = _parse(weights)
     asked = f"weights: {weights}" if weights not in (None, "") else "the default weights"
     if library == "file":
-        return _file_source(Path(name).expanduser(), size)
+        return _file_source(Path(name).expanduser())
     weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
     if library == "default":
         for path in [Path(weights_dir, size.id + suffix) for suffix in WEIGHTS_SUFFIXES] if weights_dir else []:
             if path.is_file():
-                return _file_source(path, size)
+                return _file_source(path)
     if (library == "torchvision" and not size.torchvision_name) or (library != "torchvision" and not size.timm_names):
         who = "no library publishes weights" if library == "default" else f"{library} publishes none"
         raise PretrainedWeightsError(
@@ -143,10 +141,10 @@ def _local_hint(model_id: str, weights_dir: str | None) -> str:
     )
 
 
-def _file_source(path: Path, size: ModelSize) -> WeightsSource:
+def _file_source(path: Path) -> WeightsSource:
     if not path.is_file():
         raise PretrainedWeightsError(f"weights file {path} does not exist (weights takes {GRAMMAR})")
-    return WeightsSource(f"file:{path.resolve()}", "file", path, size.pretrained_mean, size.pretrained_std)
+    return WeightsSource(f"file:{path.resolve()}", "file", path)
 
 
 def _in_weights_dir(weights_dir: str | None, *names: str) -> Path | None:
@@ -193,7 +191,7 @@ def _timm_source(
         if isinstance(cached, str):
             found = Path(cached)
             break
-    source = WeightsSource(f"timm:{full}", "timm", found, tuple(cfg.mean), tuple(cfg.std), hub_id, full)
+    source = WeightsSource(f"timm:{full}", "timm", found, hub_id, full)
     if found is not None or allow_download and hub_id:
         return source
     cache = Path(constants.HF_HUB_CACHE, f"models--{hub_id.replace('/', '--')}") if hub_id else None
@@ -243,8 +241,7 @@ def _torchvision_source(size: ModelSize, name: str | None, asked: str, weights_d
             f"them where there is internet with  python -c \"import torchvision; torchvision.models.get_weight("
             f"'{type(weights).__name__}.{weights.name}').get_state_dict()\"  and copy {filename} to either place."
         )
-    transform = weights.transforms()
-    return WeightsSource(spec, "torchvision", found, tuple(transform.mean), tuple(transform.std))
+    return WeightsSource(spec, "torchvision", found)
 
 
 def _hub_state(source: WeightsSource, n_classes: int, model_id: str) -> tuple[dict[str, torch.Tensor], str]:

@@ -143,6 +143,18 @@ def test_channels_last_batches_stay_channels_last() -> None:
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("generator_device", ["cpu", "cuda"])
+def test_on_the_gpu_the_batch_stays_there_and_the_draws_are_the_cpus(generator_device: str) -> None:
+    x = _batch(8, 40, 48)
+    out = STANDARD(x.cuda(), torch.Generator(generator_device).manual_seed(3), 32)
+    assert out.device.type == "cuda"
+    again = STANDARD(x.cuda(), torch.Generator(generator_device).manual_seed(3), 32)
+    assert torch.equal(out, again)
+    if generator_device == "cpu":  # the same draws as on the CPU; the pixels up to float rounding
+        torch.testing.assert_close(out.cpu(), STANDARD(x, torch.Generator().manual_seed(3), 32), atol=1e-5, rtol=0)
+
+
 def test_center_crop_is_torchvisions() -> None:
     from torchvision.transforms import CenterCrop
 
