@@ -151,6 +151,10 @@ def test_files_and_the_weights_dir(machine: dict, no_building: None, monkeypatch
     own = machine["tmp"] / "mine.pth"
     own.write_bytes(b"")
     assert check_pretrained("resnet-10x0.25", str(own)) == check_pretrained("resnet-10x0.25", f"file:{own}") == f"file:{own}"
+    # A recorded source, given back as the setting, resolves to itself: a cell can pin what it checked.
+    for model_id, weights in (("vit-d6w256", None), ("resnet-50", "timm:a1h_in1k"), ("resnet-50", "torchvision")):
+        spec = check_pretrained(model_id, weights)
+        assert check_pretrained(model_id, spec) == spec
     with pytest.raises(PretrainedWeightsError, match=r"nowhere\.pth does not exist \(weights takes timm\[:<tag>\]"):
         check_pretrained("resnet-18", str(machine["tmp"] / "nowhere.pth"))
 
