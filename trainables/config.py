@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from trainables.augment import AUGMENTATIONS
 from trainables.registry import did_you_mean
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -50,6 +51,7 @@ class TrialConfig:
     """best: evaluate test only at epochs where validation worst-group accuracy improves; every: each epoch."""
     compile: bool = False
     """torch.compile the model (in place)."""
+    augment: str = "none"
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> TrialConfig:
@@ -73,6 +75,9 @@ class TrialConfig:
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if self.augment not in AUGMENTATIONS:
+            valid = AUGMENTATIONS.names()
+            raise ConfigError(f"augment must be one of {', '.join(valid)}; got {self.augment!r}.{did_you_mean(self.augment, valid)}")
         positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs}
         for key, value in positive.items():
             if not value > 0:

@@ -1,23 +1,29 @@
 """The model size ladder: `<family>-<size>` ids, one size table and one timm builder per family.
 
 torch and timm are imported inside the functions that need them, so resolving and listing ids
-(grid validation, `wgtune status`) does not pay their multi-second import.
+(grid validation, `wgtune status`) does not pay their multi-second import. Where pretrained
+weights come from (timm tags, torchvision, local files) is `trainables.pretrained`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
-import os
 import re
-import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
-from urllib.parse import urlparse
 
+from trainables.pretrained import (
+    WEIGHTS_DIR_ENV,
+    PretrainedWeightsError,
+    find_weights,
+    load_fitting,
+    normalisation,
+    read_weights,
+)
 from trainables.registry import Registry
 
 if TYPE_CHECKING:
@@ -25,20 +31,13 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
-    "FAMILIES", "ModelFamily", "ModelSize", "PretrainedWeightsError",
-    "count_parameters", "create_model", "list_models", "resolve",
+    "FAMILIES", "ModelFamily", "ModelSize", "PretrainedWeightsError", "WEIGHTS_DIR_ENV",
+    "check_pretrained", "count_parameters", "create_model", "list_models", "pretrained_normalisation", "resolve",
 ]  # fmt: skip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAINED_IMAGE_SIZE = 224
-WEIGHTS_DIR_ENV = "WGTUNE_WEIGHTS_DIR"
-WEIGHTS_SUFFIXES = (".safetensors", ".pth")
-HUB_PROBE_TIMEOUT_S = 3.0
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights that cannot be found, read, or do not fit the architecture."""
 
 
 class ModelFamily(ABC):
@@ -62,8 +61,20 @@ class ModelFamily(ABC):
         """A freshly initialised model (on torch's current default device)."""
 
     @abstractmethod
-    def timm_name(self, arch: Mapping[str, Any]) -> str | None:
-        """timm's model of identical architecture with ImageNet weights, if any."""
+    def timm_names(self, arch: Mapping[str, Any]) -> tuple[str, ...]:
+        """timm's models of identical architecture (up to input resolution) with weights; default first."""
+
+    def torchvision_name(self, arch: Mapping[str, Any]) -> str | None:
+        """torchvision's model of identical architecture, whose weights `from_torchvision` maps; None by default."""
+        return None
+
+    def from_torchvision(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision's state dict in this family's (timm's) key names; identity by default."""
+        return state
+
+    def published_sizes(self) -> tuple[str, ...]:
+        """Sizes whose architecture timm or torchvision publishes weights for, small -> large."""
+        return ()
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         """Fit weights made for another input resolution to `model`; identity by default."""
@@ -96,6 +107,8 @@ class ResNetFamily(ModelFamily):
         "10x0.25", "18x0.25", "10x0.5", "18x0.5", "10", "12", "14", "18", "26", "34", "50", "101", "152",
     )  # fmt: skip
     base_channels: ClassVar[tuple[int, ...]] = (64, 128, 256, 512)
+    # Depths at width 1 that are timm's resnet<depth> and torchvision's, with published weights.
+    published_depths: ClassVar[tuple[int, ...]] = (18, 34, 50, 101, 152)
     _pattern = re.compile(r"(\d+)(?:x(\d+(?:\.\d*)?|\.\d+))?")
 
     def parse(self, size: str) -> dict[str, Any]:
@@ -134,66 +147,131 @@ class ResNetFamily(ModelFamily):
             model.init_weights()
         return model
 
-    def timm_name(self, arch: Mapping[str, Any]) -> str | None:
+    def timm_names(self, arch: Mapping[str, Any]) -> tuple[str, ...]:
+        return (f"resnet{arch['depth']}",) if self._standard(arch) else ()
+
+    def torchvision_name(self, arch: Mapping[str, Any]) -> str | None:
+        # torchvision's ResNet (v1.5: stride on the 3x3 conv) is timm's, key for key: no mapping needed.
+        return f"resnet{arch['depth']}" if self._standard(arch) else None
+
+    def published_sizes(self) -> tuple[str, ...]:
+        return tuple(str(depth) for depth in self.published_depths)
+
+    def _standard(self, arch: Mapping[str, Any]) -> bool:
         # timm's resnet10t/14t/26 differ (tiered stem, bottlenecks), so only these are equal.
-        standard = arch["width"] == 1 and arch["depth"] in (18, 34, 50, 101, 152)
-        return f"resnet{arch['depth']}" if standard else None
+        return arch["width"] == 1 and arch["depth"] in self.published_depths
 
 
 class ViTFamily(ModelFamily):
-    """timm's VisionTransformer: named sizes or `d<depth>w<width>` with one head per 64 dims."""
+    """timm's VisionTransformer: named sizes or `d<depth>w<width>` (one head per 64 dims), `-p<patch>`.
 
-    grammar = "tiny|small|base|large|d<depth>w<width> (width a multiple of 64)"
-    named: ClassVar[Mapping[str, tuple[int, int, str]]] = {
-        # name: (depth, width, timm's pretrained equivalent)
-        "tiny": (12, 192, "vit_tiny_patch16_224"),
-        "small": (12, 384, "vit_small_patch16_224"),
-        "base": (12, 768, "vit_base_patch16_224"),
-        "large": (24, 1024, "vit_large_patch16_224"),
+    The patch size is the side of a patch from 128 px up (default 16, as ViT-B/16); smaller images
+    keep the grid they have at 128 px (16-px patches: 8x8), so `vit-base-p32` at 32 px has 8-px patches.
+    """
+
+    grammar = "(tiny|small|base|large|d<depth>w<width>)[-p<patch>] (width a multiple of 64, patch default 16)"
+    named: ClassVar[Mapping[str, tuple[int, int]]] = {
+        "tiny": (12, 192),
+        "small": (12, 384),
+        "base": (12, 768),
+        "large": (24, 1024),
     }
-    ladder = ("tiny", "small", "base", "large")
-    _pattern = re.compile(r"d(\d+)w(\d+)")
+    # (named size, patch): timm's models of that architecture, 224 px first, then the 384-px ones that
+    # differ only in the position grid (resampled on loading). Tested against timm's registry.
+    timm_models: ClassVar[Mapping[tuple[str, int], tuple[str, ...]]] = {
+        ("tiny", 16): ("vit_tiny_patch16_224", "vit_tiny_patch16_384"),
+        ("small", 16): ("vit_small_patch16_224", "vit_small_patch16_384"),
+        ("small", 32): ("vit_small_patch32_224", "vit_small_patch32_384"),
+        ("base", 8): ("vit_base_patch8_224",),
+        ("base", 16): ("vit_base_patch16_224", "vit_base_patch16_384"),
+        ("base", 32): ("vit_base_patch32_224", "vit_base_patch32_384"),
+        ("large", 16): ("vit_large_patch16_224", "vit_large_patch16_384"),
+        ("large", 32): ("vit_large_patch32_224", "vit_large_patch32_384"),
+    }
+    # torchvision's ViTs (the original study, kylrth/worst_group_scale run.py, used vit_b_32 and vit_l_32).
+    torchvision_models: ClassVar[Mapping[tuple[str, int], str]] = {
+        ("base", 16): "vit_b_16", ("base", 32): "vit_b_32", ("large", 16): "vit_l_16", ("large", 32): "vit_l_32",
+    }  # fmt: skip
+    ladder = ("tiny", "small", "base", "base-p32", "large", "large-p32")
+    default_patch: ClassVar[int] = 16
+    grid_from: ClassVar[int] = 128
+    _pattern = re.compile(r"(?:(tiny|small|base|large)|d(\d+)w(\d+))(?:-p(\d+))?")
 
     def parse(self, size: str) -> dict[str, Any]:
-        if size in self.named:
-            depth, width, _ = self.named[size]
-        elif match := self._pattern.fullmatch(size):
-            depth, width = int(match[1]), int(match[2])
-        else:
+        match = self._pattern.fullmatch(size)
+        if match is None:
             raise ValueError(f"does not match {self.grammar}")
+        depth, width = self.named[match[1]] if match[1] else (int(match[2]), int(match[3]))
+        patch = int(match[4]) if match[4] else self.default_patch
         if depth < 1 or width < 64 or width % 64:
             raise ValueError(f"needs depth >= 1 and width divisible by 64 (heads = width / 64), got {size!r}")
-        return {"embed_dim": width, "depth": depth, "num_heads": width // 64}
+        if not 2 <= patch <= self.grid_from:
+            raise ValueError(f"patch size must be in 2..{self.grid_from}, got {patch} in {size!r}")
+        return {"embed_dim": width, "depth": depth, "num_heads": width // 64, "patch_size": patch}
 
     def canonical(self, arch: Mapping[str, Any]) -> str:
-        for name, (depth, width, _) in self.named.items():
-            if (depth, width) == (arch["depth"], arch["embed_dim"]):
-                return name
-        return f"d{arch['depth']}w{arch['embed_dim']}"
+        body = self._name(arch) or f"d{arch['depth']}w{arch['embed_dim']}"
+        return body + ("" if arch["patch_size"] == self.default_patch else f"-p{arch['patch_size']}")
 
-    @staticmethod
-    def patch_size(image_size: int) -> int:
-        """16-px patches from 128 px up; smaller images keep an 8x8 grid (32 px -> 4-px patches)."""
-        patch = 16 if image_size >= 128 else max(2, image_size // 8)
-        if image_size <= 0 or image_size % patch:
-            raise ValueError(f"ViT image_size {image_size} is not divisible by its patch size {patch}")
-        return patch
+    def _name(self, arch: Mapping[str, Any]) -> str | None:
+        return next((n for n, dims in self.named.items() if dims == (arch["depth"], arch["embed_dim"])), None)
+
+    @classmethod
+    def patch_size(cls, image_size: int, patch: int = 16) -> int:
+        """`patch`-px patches from 128 px up; smaller images keep the 128-px grid (16 -> 8x8: 32 px -> 4-px patches)."""
+        effective = patch if image_size >= cls.grid_from else max(2, image_size // max(1, cls.grid_from // patch))
+        if image_size <= 0 or effective < 1 or image_size % effective:
+            raise ValueError(f"ViT image_size {image_size} is not divisible by its patch size {effective}")
+        return effective
 
     def build(self, arch: Mapping[str, Any], n_classes: int, image_size: int) -> nn.Module:
         from timm.models.vision_transformer import VisionTransformer
 
         return VisionTransformer(
             img_size=image_size,
-            patch_size=self.patch_size(image_size),
+            patch_size=self.patch_size(image_size, arch["patch_size"]),
             embed_dim=arch["embed_dim"],
             depth=arch["depth"],
             num_heads=arch["num_heads"],
             num_classes=n_classes,
         )
 
-    def timm_name(self, arch: Mapping[str, Any]) -> str | None:
-        name = self.canonical(arch)
-        return self.named[name][2] if name in self.named else None
+    def timm_names(self, arch: Mapping[str, Any]) -> tuple[str, ...]:
+        return self.timm_models.get((self._name(arch), arch["patch_size"]), ())  # type: ignore[arg-type]
+
+    def torchvision_name(self, arch: Mapping[str, Any]) -> str | None:
+        return self.torchvision_models.get((self._name(arch), arch["patch_size"]))  # type: ignore[arg-type]
+
+    def published_sizes(self) -> tuple[str, ...]:
+        keys = sorted(self.timm_models.keys() | self.torchvision_models.keys(),
+                      key=lambda k: (list(self.named).index(k[0]), k[1]))  # fmt: skip
+        return tuple(name + ("" if patch == self.default_patch else f"-p{patch}") for name, patch in keys)
+
+    def from_torchvision(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision's VisionTransformer keys -> timm's (same layers: pre-norm blocks, fused qkv, LayerNorm eps 1e-6)."""
+        mapped = {}
+        for key, value in state.items():
+            new = key
+            for pattern, replacement in self._torchvision_keys:
+                new = re.sub(pattern, replacement, new)
+            mapped[new] = value
+        return mapped
+
+    _torchvision_keys: ClassVar[tuple[tuple[str, str], ...]] = (
+        (r"^class_token$", "cls_token"),
+        (r"^conv_proj\.", "patch_embed.proj."),
+        (r"^encoder\.pos_embedding$", "pos_embed"),
+        (r"^encoder\.ln\.", "norm."),
+        (r"^heads\.head\.", "head."),
+        (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+        (r"\.ln_1\.", ".norm1."),
+        (r"\.ln_2\.", ".norm2."),
+        (r"\.self_attention\.in_proj_(weight|bias)$", r".attn.qkv.\1"),
+        (r"\.self_attention\.out_proj\.", ".attn.proj."),
+        # torchvision >= 0.13 names the MLP's linears mlp.0 / mlp.3; older files mlp.linear_1 / linear_2.
+        (r"\.mlp\.(0|linear_1)\.", ".mlp.fc1."),
+        (r"\.mlp\.(3|linear_2)\.", ".mlp.fc2."),
+    )
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         """Resample the patch kernel (FlexiViT pseudo-inverse) and the position grid to `model`'s."""
@@ -225,10 +303,16 @@ class ModelSize:
     family: str
     size: str
     arch: Mapping[str, Any] = field(hash=False)
-    timm_name: str | None
+    timm_names: tuple[str, ...]
+    torchvision_name: str | None
     pretrained_image_size: int
     pretrained_mean: tuple[float, float, float]
     pretrained_std: tuple[float, float, float]
+
+    @property
+    def timm_name(self) -> str | None:
+        """timm's model of this architecture at 224 px, whose default tag is the default weights."""
+        return self.timm_names[0] if self.timm_names else None
 
 
 @functools.cache
@@ -244,12 +328,12 @@ def resolve(model_id: str) -> ModelSize:
             f"bad {family_name} size {size!r} in {model_id!r}: {exc}. "
             f"Grammar: {family_name}-{family.grammar}. Ladder: {ladder}"
         ) from None
-    timm_name = family.timm_name(arch)
+    timm_names = family.timm_names(arch)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if timm_name is not None:
+    if timm_names:
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(timm_name)
+        cfg = get_pretrained_cfg(timm_names[0])
         if cfg is not None:
             mean, std = tuple(cfg.mean), tuple(cfg.std)
     canonical = family.canonical(arch)
@@ -258,7 +342,8 @@ def resolve(model_id: str) -> ModelSize:
         family=family_name,
         size=canonical,
         arch=MappingProxyType(arch),
-        timm_name=timm_name,
+        timm_names=timm_names,
+        torchvision_name=family.torchvision_name(arch),
         pretrained_image_size=PRETRAINED_IMAGE_SIZE,
         pretrained_mean=mean,  # type: ignore[arg-type]
         pretrained_std=std,  # type: ignore[arg-type]
@@ -289,124 +374,46 @@ def create_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
 ) -> nn.Module:
-    """Build `model_id` with an `n_classes` head; with `pretrained`, load ImageNet weights.
+    """Build `model_id` with an `n_classes` head; with `pretrained`, load the weights `weights` names.
 
-    Weights come from, in order: the `weights` file; ``$WGTUNE_WEIGHTS_DIR/<id>.safetensors|.pth``;
-    timm's Hugging Face cache or hub (sizes with a `timm_name` only). The head is re-initialised
-    when its shape differs; ViT patch and position embeddings are resampled to `image_size`.
+    `weights` is a source (`trainables.pretrained`): unset -> ``$WGTUNE_WEIGHTS_DIR/<id>.pth`` or
+    timm's default tag; ``timm:<tag>``; ``torchvision:<NAME>``; or a local file. The head is
+    re-initialised when its shape differs; ViT patch and position embeddings are resampled to `image_size`.
     """
     size = resolve(model_id)
     if weights is not None and not pretrained:
-        raise ValueError(f"{size.id}: a weights file was given but pretrained=False; set pretrained=True")
+        raise ValueError(f"{size.id}: weights {str(weights)!r} were given but pretrained=False; set pretrained=True")
     family = FAMILIES.get(size.family)
     model = family.build(size.arch, n_classes, image_size)
     if pretrained:
-        state, source = _pretrained_state(size, n_classes, weights)
-        _load_fitting(model, family.adapt_state_dict(state, model), source, size.id)
+        source = find_weights(size, weights, available=functools.partial(_published, size.family), allow_download=True)
+        state, where = read_weights(source, n_classes, size.id)
+        if source.library == "torchvision":
+            state = family.from_torchvision(state)
+        load_fitting(model, family.adapt_state_dict(state, model), where, size.id)
     return model
 
 
-def _pretrained_state(
-    size: ModelSize, n_classes: int, weights: str | Path | None
-) -> tuple[dict[str, torch.Tensor], str]:
-    if weights is not None:
-        return _read_state_dict(Path(weights)), str(weights)
-    weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
-    for path in [Path(weights_dir, size.id + suffix) for suffix in WEIGHTS_SUFFIXES] if weights_dir else []:
-        if path.is_file():
-            return _read_state_dict(path), str(path)
-    local = (
-        f"pass a local state dict with `weights: <file.pth|.safetensors>`, or place it at "
-        f"${WEIGHTS_DIR_ENV}/{size.id}.pth or .safetensors ({WEIGHTS_DIR_ENV} is "
-        f"{repr(weights_dir) if weights_dir else 'unset'})"
-    )
-    if size.timm_name is None:
-        raise PretrainedWeightsError(
-            f"no ImageNet weights exist for {size.id} (no library ships it); {local}"
-        )
-    return _hub_state(size.timm_name, n_classes, local, size.id)
+def check_pretrained(model_id: str, weights: str | None = None) -> str:
+    """The weights source `create_model(model_id, ..., pretrained=True, weights=weights)` will load, as a string.
+
+    For grid validation: reads directory entries only (no network, no model built), so a weights file
+    must already be on this machine. Returns ``timm:<arch>.<tag>``, ``torchvision:<arch>.<NAME>`` or
+    ``file:<path>``; raises `PretrainedWeightsError` naming the model, the weights asked for, where it
+    looked, and which sizes or tags do have weights.
+    """
+    size = resolve(model_id)
+    return find_weights(size, weights, available=functools.partial(_published, size.family)).spec
 
 
-def _hub_state(
-    timm_name: str, n_classes: int, local: str, model_id: str
-) -> tuple[dict[str, torch.Tensor], str]:
-    import timm
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = timm.models.get_pretrained_cfg(timm_name)
-    hub_id = cfg.hf_hub_id if cfg is not None else None
-    # Read a cached file ourselves: with the hub unreachable, hf_hub_download retries ~45 s first.
-    for filename in ("model.safetensors", "pytorch_model.bin") if hub_id else ():
-        cached = try_to_load_from_cache(hub_id, cfg.hf_hub_filename or filename)
-        if isinstance(cached, str):
-            return _read_state_dict(Path(cached)), f"{cached} (timm {timm_name!r})"
-    reason = _hub_unreachable()
-    if reason is None:
-        try:
-            hub_model = timm.create_model(timm_name, pretrained=True, num_classes=n_classes)
-        except Exception as exc:  # noqa: BLE001 - network, hub and format errors all end the same way
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            return hub_model.state_dict(), f"the Hugging Face hub ({hub_id or timm_name})"
-    raise PretrainedWeightsError(
-        f"cannot load ImageNet weights for {model_id}: timm model {timm_name!r} ({hub_id}) is not in the "
-        f"local Hugging Face cache and the hub is unreachable ({reason}). Instead, {local}."
-    )
+def pretrained_normalisation(model_id: str, weights: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean and std of the pretrained source `weights` names (a file: the size's default tag's)."""
+    return normalisation(resolve(model_id), weights)
 
 
-def _hub_unreachable() -> str | None:
-    """Why the hub cannot be reached, or None once a TCP connection succeeds; never slow."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
-        return "HF_HUB_OFFLINE is set"
-    url = urlparse(os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        return f"cannot connect to {url.hostname}:{port}: {exc}"
-    return None
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
-    if not path.is_file():
-        raise PretrainedWeightsError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded: Any = load_file(path, device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; one error names the file
-        raise PretrainedWeightsError(f"cannot read weights file {path}: {exc}") from exc
-    # Training checkpoints often wrap the weights; unwrap the common layouts.
-    for key in ("state_dict", "model"):
-        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
-            loaded = loaded[key]
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise PretrainedWeightsError(f"weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in loaded.items()}
-
-
-def _load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str, model_id: str) -> None:
-    """Load `state` into `model`; only the classifier head may differ, anything else is an error."""
-    classifier = model.get_classifier()  # type: ignore[operator]
-    prefix = next(name for name, module in model.named_modules() if module is classifier)
-    head = {f"{prefix}.{key}" for key in classifier.state_dict()}
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not (k in head and k in own and v.shape != own[k].shape)}
-    # BatchNorm's step counter is absent from some published checkpoints and unused in eval.
-    missing = [k for k in own if k not in state and k not in head and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(v.shape)}!={tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and v.shape != own[k].shape]  # fmt: skip
-    found = {"missing": missing, "unexpected": unexpected, "wrong shape": wrong}
-    if problems := [f"{label} {len(keys)}: {', '.join(keys[:3])}" for label, keys in found.items() if keys]:
-        raise PretrainedWeightsError(
-            f"weights from {source} do not fit {model_id} (wrong architecture?): {'; '.join(problems)}"
-        )
-    model.load_state_dict(state, strict=False)
+def _published(family_name: str) -> str:
+    """Which sizes of a family timm / torchvision publish weights for, as a sentence."""
+    sizes = [resolve(f"{family_name}-{s}") for s in FAMILIES.get(family_name).published_sizes()]
+    listed = [f"{s.id} ({', '.join(lib for lib, has in (('timm', s.timm_names), ('torchvision', s.torchvision_name)) if has)})"
+              for s in sizes]  # fmt: skip
+    return f"{family_name} sizes with published weights: {', '.join(listed) or 'none'}"

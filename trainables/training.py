@@ -9,6 +9,7 @@ same loop runs under Ray Tune, from `wgtune train`, and in a notebook.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from trainables.augment import create_augment, epoch_generator
 from trainables.config import TrialConfig
 from trainables.datasets import DATASETS, GroupData, GroupSplit, Preprocessing, load_dataset
 from trainables.datasets.cache import DecodedCache, cache_splits
@@ -42,7 +44,7 @@ from trainables.metrics import (
     group_accuracy,
     metric_key,
 )
-from trainables.models import ModelSize, create_model, resolve
+from trainables.models import ModelSize, create_model, pretrained_normalisation, resolve
 from trainables.objectives import Objective, create_objective
 from trainables.precision import Precision, choose_precision
 
@@ -95,8 +97,9 @@ def train(
 def resolve_preprocessing(size: ModelSize, dataset: str, cfg: TrialConfig) -> Preprocessing:
     """Input size and normalisation: the pretrained weights' when pretrained, else the data set's."""
     if cfg.pretrained:
-        return Preprocessing(cfg.image_size or size.pretrained_image_size, size.pretrained_mean, size.pretrained_std)
-    return Preprocessing(cfg.image_size or DATASETS.get(dataset).default_image_size)
+        mean, std = pretrained_normalisation(size.id, cfg.weights)
+        return Preprocessing(cfg.image_size or size.pretrained_image_size, mean, std, augment=cfg.augment)  # type: ignore[arg-type]
+    return Preprocessing(cfg.image_size or DATASETS.get(dataset).default_image_size, augment=cfg.augment)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,6 +126,7 @@ class _Run:
     epoch: int = 0
     best: dict[str, float] | None = None
     precision: Precision = Precision()
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @classmethod
     def build(cls, cfg: TrialConfig) -> _Run:
@@ -148,8 +152,10 @@ class _Run:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, steps))
         precision = choose_precision(cfg.amp, device)
         scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
+        augment = create_augment(cfg.augment, DATASETS.get(cfg.dataset).augment_options.get(cfg.augment))
         return cls(cfg, device, data, model, objective, optimizer, scheduler, scaler, env_of_group,
-                   counts.double() / counts.sum(), best={}, precision=precision)
+                   counts.double() / counts.sum(), best={}, precision=precision,
+                   augment=functools.partial(augment, size=prep.image_size))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training split; returns mean statistics and the throughput.
@@ -165,8 +171,10 @@ class _Run:
         env_of_group = self.env_of_group.to(self.device)
         images = 0
         start = time.perf_counter()
+        generator = epoch_generator(self.cfg.seed, epoch)  # from seed and epoch: a resumed run re-draws the same
         batches = self._batches(self.data.train, self.cfg.batch_size, shuffle_seed=self.cfg.seed * 100_003 + epoch)
         for x, y, g in meter.timed(batches):
+            x = self.augment(x, generator)  # type: ignore[misc]
             env = env_of_group[g]
             self.optimizer.zero_grad(set_to_none=True)
             with self.precision.autocast(self.device):

@@ -14,7 +14,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from trainables import models
+from trainables import models, pretrained
 from trainables.models import (
     FAMILIES,
     PretrainedWeightsError,
@@ -74,11 +74,11 @@ def test_every_ladder_size_resolves_grows_and_runs(model_id: str) -> None:
 
 
 def test_list_models_filters_and_orders_by_family() -> None:
-    assert list_models("vit-*") == ["vit-tiny", "vit-small", "vit-base", "vit-large"]
+    assert list_models("vit-*") == ["vit-tiny", "vit-small", "vit-base", "vit-base-p32", "vit-large", "vit-large-p32"]
     assert list_models("resnet-1?") == ["resnet-10", "resnet-12", "resnet-14", "resnet-18"]
     assert list_models("*x0.25") == ["resnet-10x0.25", "resnet-18x0.25"]
     assert list_models("convnext-*") == []
-    assert set(list_models()) >= {"resnet-18x0.5", "resnet-152", "vit-large"}
+    assert set(list_models()) >= {"resnet-18x0.5", "resnet-152", "vit-large", "vit-base-p32", "vit-large-p32"}
 
 
 @pytest.mark.parametrize(
@@ -90,11 +90,17 @@ def test_list_models_filters_and_orders_by_family() -> None:
         ("resnet-152", "resnet152"),
         ("vit-tiny", "vit_tiny_patch16_224"),
         ("vit-base", "vit_base_patch16_224"),
+        ("vit-small-p32", "vit_small_patch32_224"),
+        ("vit-base-p8", "vit_base_patch8_224"),
+        ("vit-base-p32", "vit_base_patch32_224"),
+        ("vit-large", "vit_large_patch16_224"),
+        ("vit-large-p32", "vit_large_patch32_224"),
     ],
 )
 def test_standard_sizes_are_timms_models(model_id: str, timm_name: str) -> None:
     with torch.device("meta"):
-        reference = timm.create_model(timm_name, pretrained=False).state_dict()
+        # num_classes explicit: the default weights of some (vit_large_patch32_224: in21k) come without a head.
+        reference = timm.create_model(timm_name, pretrained=False, num_classes=1000).state_dict()
         ours = create_model(model_id, n_classes=1000, image_size=224).state_dict()
     assert resolve(model_id).timm_name == timm_name
     assert count_parameters(model_id, 1000, 224) == _params_of(timm_name)
@@ -104,7 +110,7 @@ def test_standard_sizes_are_timms_models(model_id: str, timm_name: str) -> None:
 
 def _params_of(timm_name: str) -> int:
     with torch.device("meta"):
-        return _params(timm.create_model(timm_name, pretrained=False))
+        return _params(timm.create_model(timm_name, pretrained=False, num_classes=1000))
 
 
 def test_normalisation_comes_from_the_pretrained_cfg() -> None:
@@ -166,7 +172,7 @@ def test_ids_are_canonical() -> None:
     assert resolve("vit-d12w192").id == "vit-tiny"
     custom = resolve("vit-d6w256")
     assert (custom.id, custom.timm_name) == ("vit-d6w256", None)
-    assert dict(custom.arch) == {"embed_dim": 256, "depth": 6, "num_heads": 4}
+    assert dict(custom.arch) == {"embed_dim": 256, "depth": 6, "num_heads": 4, "patch_size": 16}
     assert hash(custom) == hash(resolve("vit-d6w256"))
     with pytest.raises(TypeError):
         custom.arch["depth"] = 7  # type: ignore[index]
@@ -178,6 +184,56 @@ def test_vit_patch_size_follows_the_image_size(image_size: int, patch: int) -> N
         model = create_model("vit-d2w64", n_classes=2, image_size=image_size)
     assert model.patch_embed.patch_size == (patch, patch)
     assert model.patch_embed.grid_size == (image_size // patch,) * 2
+
+
+@pytest.mark.parametrize(
+    "model_id, canonical, patch",
+    [("vit-base-p32", "vit-base-p32", 32), ("vit-base-p16", "vit-base", 16), ("vit-d12w768-p32", "vit-base-p32", 32),
+     ("vit-d6w256-p16", "vit-d6w256", 16), ("vit-d6w256-p8", "vit-d6w256-p8", 8), ("vit-d24w1024-p32", "vit-large-p32", 32)],
+)  # fmt: skip
+def test_the_vit_patch_size_is_part_of_the_id(model_id: str, canonical: str, patch: int) -> None:
+    size = resolve(model_id)
+    assert size.id == canonical and size.arch["patch_size"] == patch
+    assert resolve(size.id) == size  # the canonical id parses back to the same architecture
+    with torch.device("meta"):
+        model = create_model(model_id, n_classes=2, image_size=224)
+    assert model.patch_embed.patch_size == (patch, patch)
+    assert model.patch_embed.grid_size == (224 // patch,) * 2
+
+
+@pytest.mark.parametrize("model_id, image_size, patch", [("vit-base-p32", 32, 8), ("vit-base-p32", 64, 16),
+                                                         ("vit-d2w64-p8", 32, 2), ("vit-base-p32", 128, 32)])  # fmt: skip
+def test_small_images_keep_the_grid_a_patch_size_has_at_128_px(model_id: str, image_size: int, patch: int) -> None:
+    with torch.device("meta"):
+        model = create_model(model_id, n_classes=2, image_size=image_size)
+    assert model.patch_embed.patch_size == (patch, patch)
+    assert model.patch_embed.grid_size == (128 // resolve(model_id).arch["patch_size"],) * 2
+
+
+@pytest.mark.parametrize("key", list(FAMILIES.get("vit").timm_models))
+def test_every_timm_vit_in_the_table_is_that_architecture_with_weights(key: tuple[str, int]) -> None:
+    """The table names only timm models of the same layers, differing at most in the position grid."""
+    name, patch = key
+    model_id = f"vit-{name}" + ("" if patch == 16 else f"-p{patch}")
+    size = resolve(model_id)
+    assert size.timm_names == FAMILIES.get("vit").timm_models[key] and size.timm_names[0].endswith("_224")
+    with torch.device("meta"):
+        ours = create_model(model_id, n_classes=1000, image_size=224).state_dict()
+        for timm_name in size.timm_names:
+            assert timm.models.list_pretrained(f"{timm_name}.*"), f"{timm_name} has no published weights"
+            theirs = timm.create_model(timm_name, pretrained=False, num_classes=1000).state_dict()
+            shapes = {k: v.shape for k, v in theirs.items() if k != "pos_embed"}
+            assert shapes == {k: v.shape for k, v in ours.items() if k != "pos_embed"}
+
+
+def test_published_sizes_are_those_with_timm_or_torchvision_weights() -> None:
+    for family_name in FAMILIES:
+        for size_name in FAMILIES.get(family_name).published_sizes():
+            size = resolve(f"{family_name}-{size_name}")
+            assert size.size == size_name and (size.timm_names or size.torchvision_name)
+    assert FAMILIES.get("vit").published_sizes()[:3] == ("tiny", "small", "small-p32")
+    assert resolve("resnet-152").torchvision_name == "resnet152" and resolve("resnet-18x0.5").torchvision_name is None
+    assert resolve("vit-large-p32").torchvision_name == "vit_l_32" and resolve("vit-tiny").torchvision_name is None
 
 
 @pytest.mark.parametrize("image_size", [100, 200])
@@ -195,6 +251,9 @@ def test_vit_rejects_an_image_size_its_patches_do_not_tile(image_size: int) -> N
         ("resnet", ["bad resnet size ''", "resnet-18"]),
         ("vit-d6w100", ["divisible by 64", "d<depth>w<width>", "vit-tiny", "vit-large"]),
         ("vit-huge", ["does not match", "vit-base"]),
+        ("vit-base-p1", ["patch size must be in 2..128", "-p<patch>", "vit-large-p32"]),
+        ("vit-base-32", ["does not match", "[-p<patch>]"]),
+        ("vit-p32", ["does not match"]),
     ],
 )
 def test_bad_sizes_name_the_grammar_and_the_ladder(model_id: str, fragments: list[str]) -> None:
@@ -297,7 +356,7 @@ def test_offline_without_a_file_fails_fast_naming_the_alternatives(offline: Path
     assert time.monotonic() - start < 10
     message = str(err.value)
     alternatives = ("weights:", "$WGTUNE_WEIGHTS_DIR/resnet-18.pth")
-    for fragment in ("'resnet18'", "unreachable", "HF_HUB_OFFLINE", *alternatives):
+    for fragment in ("'resnet18.a1_in1k'", "unreachable", "HF_HUB_OFFLINE", *alternatives):
         assert fragment in message
 
 
@@ -324,10 +383,10 @@ def test_a_reachable_hub_goes_through_timm(offline: Path, monkeypatch: pytest.Mo
         calls.append((name, kwargs))
         return hub_model
 
-    monkeypatch.setattr(models, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(pretrained, "_hub_unreachable", lambda: None)
     monkeypatch.setattr(timm, "create_model", fake_create_model)
     model = create_model("resnet-18", n_classes=2, image_size=32, pretrained=True)
-    assert calls == [("resnet18", {"pretrained": True, "num_classes": 2})]
+    assert calls == [("resnet18.a1_in1k", {"pretrained": True, "num_classes": 2})]  # timm's default tag, by name
     _assert_loaded(model, hub_model.state_dict(), n_classes=2)
 
 

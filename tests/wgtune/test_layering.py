@@ -41,11 +41,18 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports(path: Path, name: str) -> set[str]:
-    """The dotted names a module imports (relative imports resolved), wherever the import stands."""
+def imports(path: Path, name: str, runtime: bool = False) -> set[str]:
+    """The dotted names a module imports (relative imports resolved), wherever the import stands;
+    with `runtime`, not those under `if TYPE_CHECKING:` (a type-only import runs no code)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and
+                   ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                   for stmt in block.body for n in ast.walk(stmt)}
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
+        if runtime and id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -90,6 +97,8 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 MODULES = modules()
 GRAPH = {name: {m for m in imports(path, name) if m in MODULES and m != name} for name, path in MODULES.items()}
+RUNTIME_GRAPH = {name: {m for m in imports(path, name, runtime=True) if m in MODULES and m != name}
+                 for name, path in MODULES.items()}
 
 
 def test_no_module_imports_from_a_layer_above_its_own() -> None:
@@ -110,7 +119,7 @@ def test_the_trial_package_never_imports_the_orchestration() -> None:
 
 
 def test_there_is_no_import_circle() -> None:
-    found = circles(GRAPH)
+    found = circles(RUNTIME_GRAPH)
     assert not found, "import circles: " + "; ".join(" -> ".join(c) for c in found)
 
 
@@ -126,3 +135,11 @@ def test_the_checks_catch_an_upward_import_and_a_circle() -> None:
     assert upward_imports(bad) == [("wgtune.report.build", "wgtune.search.router"),
                                    ("wgtune.spec.grid", "wgtune.run.plan")]
     assert circles(bad) == [["wgtune.run.plan", "wgtune.spec.grid", "wgtune.run.plan"]]
+
+
+def test_a_type_only_import_is_a_dependency_but_runs_no_code(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from typing import TYPE_CHECKING\nimport wgtune.spec.grid\n"
+                      "if TYPE_CHECKING:\n    from wgtune.run.plan import PlannedCell\n")
+    assert {"wgtune.spec.grid", "wgtune.run.plan"} <= imports(module, "wgtune.x.m")
+    assert "wgtune.run.plan" not in imports(module, "wgtune.x.m", runtime=True)

@@ -25,6 +25,9 @@ class Preprocessing:
     image_size: int
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    augment: str = "none"
+    """The batch augmentation training batches will get (`trainables.augment`): with one, a data set
+    may hand out its training split in its training view (larger than `image_size`, for the crop)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class DatasetSpec:
     over `defaults` (unknown keys rejected). `root` is None for data sets that need none.
     `check(root)`, if given, raises `DataNotFoundError` when the files are not there, reading the
     disk only, so a study can refuse to start before any trial would fail.
+    `default_epochs` is the training length a grid uses for the data set when it sets none, and
+    `reference_epochs` where such lengths come from (reference -> epochs), for the record.
+    `augment_options` adjusts an augmentation's parameters for this data set (name -> options).
     """
 
     name: str
@@ -81,3 +87,6 @@ class DatasetSpec:
     n_classes: int = 2
     needs_root: bool = True
     description: str = ""
+    default_epochs: int | None = None
+    reference_epochs: Mapping[str, int] = field(default_factory=dict)
+    augment_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -7,6 +7,11 @@ then the label: ``g = attribute * n_classes + y``.
 
 The data folder is checked before wilds is called: wilds' `initialize_data_dir` creates folders
 as a side effect, and its own error does not say what the folder must hold.
+
+Images are prepared as the references prepare them for evaluation (`ImageGeometry`): Waterbirds
+resized to a 256x256 square and centre-cropped to 224, CelebA centre-cropped to its 178x178
+square and resized to 224 (at other image sizes, the same proportions). The original study
+(kylrth/worst_group_scale run.py `setup_dataset`) squashed both to 224x224 without a crop.
 """
 
 from __future__ import annotations
@@ -35,6 +40,51 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
+class ImageGeometry:
+    """How a photo becomes a square model input for evaluation, and the view training crops come from.
+
+    `square` says how a photo that is not square becomes square: ``crop`` its largest centred square
+    (kohpangwei/group_DRO data/celebA_dataset.py `get_transform_celebA`: ``CenterCrop(min(178, 218))``
+    then ``Resize(target)``; p-lambda/wilds examples/transforms.py `get_image_base_transform_steps`,
+    the same), or ``squash`` it by resizing to a square (group_DRO data/cub_dataset.py
+    `get_transform_cub`: ``Resize((int(224 * 256/224),) * 2)`` then ``CenterCrop(224)``; wilds
+    `get_image_resize_and_center_crop_transform_steps` with ``resize_scale: 256/224`` for waterbirds).
+    The square is resized to ``int(size * resize_scale)`` and centre-cropped to `size`.
+
+    The training view, which a batch augmentation crops from (`trainables.augment`), is the photo
+    before any crop: squashed to the ``int(size * resize_scale)`` square, or, for ``crop``, resized
+    whole to that shorter side at its own aspect ratio (the references crop the whole photo); its
+    centre crop of `size` is the evaluation view (for ``crop`` up to resampling order).
+    """
+
+    square: str = "crop"
+    resize_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.square not in ("crop", "squash") or self.resize_scale < 1.0:
+            raise ValueError(f"ImageGeometry needs square 'crop' or 'squash' and resize_scale >= 1, got {self}")
+
+    def steps(self, size: int, train_view: bool = False) -> list[Callable[[Any], Any]]:
+        """PIL -> PIL steps giving the evaluation view (`size` square) or the training view."""
+        from torchvision import transforms
+
+        scaled = int(size * self.resize_scale)  # int(), as both references truncate
+        if train_view:
+            return [transforms.Resize(scaled if self.square == "crop" else (scaled, scaled))]
+        first = [CenterSquare()] if self.square == "crop" else []
+        return [*first, transforms.Resize((scaled, scaled)), transforms.CenterCrop(size)]
+
+
+class CenterSquare:
+    """PIL image -> its largest centred square (torchvision's `CenterCrop` at the shorter side)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from torchvision.transforms import functional as TF
+
+        return TF.center_crop(image, [min(image.size)] * 2)
+
+
+@dataclass(frozen=True)
 class WildsSource:
     """How one WILDS data set maps onto (attribute, label) groups, and which files it needs.
 
@@ -42,7 +92,8 @@ class WildsSource:
     registering a data set costs no torch/wilds import. `required` lists entries under the data
     folder that must exist besides the RELEASE marker (a trailing "/" marks a folder).
     `value_names` names the values of a field where wilds' `metadata_map` does not (or not well).
-    `splits` maps our split names to the wilds split names.
+    `splits` maps our split names to the wilds split names. `geometry` is how its photos become
+    model inputs (the references' evaluation crop).
     """
 
     wilds_class: str
@@ -52,6 +103,7 @@ class WildsSource:
     value_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     splits: Mapping[str, str] = field(default_factory=lambda: {s: s for s in SPLITS})
     version: str | None = None
+    geometry: ImageGeometry = field(default_factory=ImageGeometry)
 
     def resolve(self) -> type:
         """The wilds dataset class."""
@@ -59,7 +111,15 @@ class WildsSource:
         return getattr(importlib.import_module(module), name)
 
 
-def wilds_dataset(name: str, source: WildsSource, description: str = "") -> DatasetSpec:
+def wilds_dataset(
+    name: str,
+    source: WildsSource,
+    description: str = "",
+    *,
+    default_epochs: int | None = None,
+    reference_epochs: Mapping[str, int] | None = None,
+    augment_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> DatasetSpec:
     """A registrable `DatasetSpec` loading `source` from `<root>/<wilds name>_v<version>/`."""
     return DatasetSpec(
         name=name,
@@ -69,6 +129,9 @@ def wilds_dataset(name: str, source: WildsSource, description: str = "") -> Data
         defaults={},
         needs_root=True,
         description=description,
+        default_epochs=default_epochs,
+        reference_epochs=dict(reference_epochs or {}),
+        augment_options=dict(augment_options or {}),
     )
 
 
@@ -105,19 +168,14 @@ class WildsImages(Dataset[torch.Tensor]):
         return self.dataset.get_input(int(self.indices[index]))
 
 
-def image_transform(preprocessing: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> resize shorter side, centre crop to a square, tensor, normalise."""
+def image_transform(
+    preprocessing: Preprocessing, geometry: ImageGeometry | None = None, train_view: bool = False
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> `geometry`'s evaluation (or training) view, float tensor, normalised."""
     from torchvision import transforms
 
-    size = preprocessing.image_size
-    return transforms.Compose(
-        [
-            transforms.Resize(size),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize(preprocessing.mean, preprocessing.std),
-        ]
-    )
+    steps = (geometry or ImageGeometry()).steps(preprocessing.image_size, train_view)
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(preprocessing.mean, preprocessing.std)])
 
 
 def load_wilds(
@@ -140,7 +198,6 @@ def load_wilds(
     y = _column(name, source.label, metadata, fields, n_classes)
     g = attribute * n_classes + y
 
-    transform = image_transform(preprocessing)
     split_array = np.asarray(dataset.split_array)
     parts = {}
     for split in SPLITS:
@@ -149,6 +206,9 @@ def load_wilds(
             raise ValueError(f"dataset {name!r}: wilds has no split {wilds_split!r}; it has {list(dataset.split_dict)}")
         indices = np.flatnonzero(split_array == dataset.split_dict[wilds_split])
         index = torch.from_numpy(indices)
+        # Only training batches are augmented, so only they come in the training view.
+        train_view = split == "train" and preprocessing.augment != "none"
+        transform = image_transform(preprocessing, source.geometry, train_view)
         parts[split] = GroupSplit(inputs=WildsImages(dataset, indices, transform), y=y[index], g=g[index])
 
     return GroupData(
@@ -247,8 +307,13 @@ WATERBIRDS = wilds_dataset(
         wilds_class="wilds.datasets.waterbirds_dataset.WaterbirdsDataset",
         attributes=("background",),
         required=("metadata.csv",),
+        geometry=ImageGeometry(square="squash", resize_scale=256 / 224),
     ),
     description="Waterbirds (WILDS): landbird/waterbird, spurious land/water background",
+    # Training length: the original study (kylrth/worst_group_scale run.py `main`: 30 if celebA else
+    # 100); group_DRO README's Waterbirds command (--n_epochs 300); wilds examples/configs/datasets.py.
+    default_epochs=100,
+    reference_epochs={"kylrth/worst_group_scale": 100, "kohpangwei/group_DRO": 300, "p-lambda/wilds": 300},
 )
 
 CELEBA = wilds_dataset(
@@ -259,6 +324,12 @@ CELEBA = wilds_dataset(
         required=("list_attr_celeba.csv", "list_eval_partition.csv", "img_align_celeba/"),
         # wilds names only the label's values; its 'male' field is the CelebA `Male` attribute.
         value_names={"male": ("female", "male")},
+        geometry=ImageGeometry(square="crop"),
     ),
     description="CelebA (WILDS): blond hair or not, spurious gender (Male attribute)",
+    # As Waterbirds: the original study 30; group_DRO README's CelebA command 50; wilds 200.
+    default_epochs=30,
+    reference_epochs={"kylrth/worst_group_scale": 30, "kohpangwei/group_DRO": 50, "p-lambda/wilds": 200},
+    # group_DRO data/celebA_dataset.py: "Orig aspect ratio is 0.81, so we don't squish it in that direction any more".
+    augment_options={"standard": {"ratio": (1.0, 4 / 3)}},
 )

@@ -98,7 +98,7 @@ def test_importing_spaces_pulls_in_neither_torch_nor_hyperopt() -> None:
 
 def test_describe() -> None:
     lines = load("irm").describe()
-    assert "lr ~ loguniform(1e-4, 0.3)" in lines
+    assert "lr ~ loguniform(1e-5, 0.3)" in lines
     assert "momentum = 0.9" in lines
     assert "anneal_steps ~ quniform(0, 1000, 50)" in lines
 
@@ -267,8 +267,8 @@ def test_narrow_is_a_box_around_the_points_in_each_dims_scale() -> None:
         assert original.args[0] <= d.args[0] < d.args[1] <= original.args[1]
         assert d.args[1] - d.args[0] < original.args[1] - original.args[0]
     lr = next(d for d in narrow.dims if d.name == "lr")
-    # log scale: widened by 10% of log(0.3 / 1e-4) on each side; a linear box would clip at 1e-4
-    assert lr.args == pytest.approx((1e-3 * 3000**-0.1, 1e-2 * 3000**0.1))
+    # log scale: widened by 10% of log(0.3 / 1e-5) on each side; a linear box would clip at 1e-5
+    assert lr.args == pytest.approx((1e-3 * 30000**-0.1, 1e-2 * 30000**0.1))
     assert next(d for d in narrow.dims if d.name == "batch_size").args == (32, 128)
     assert next(d for d in narrow.dims if d.name == "optimizer").args == ("sgd",)
     steps = next(d for d in narrow.dims if d.name == "anneal_steps")
