@@ -13,6 +13,7 @@ from wgtune.search.budget import CellBudget
 from wgtune.search.priors import CellPriors
 from wgtune.spec.grid import Cell, Grid, ResourceSpec
 from wgtune.spec.spaces import SearchSpace, load_space
+from wgtune.tracking.records import config_params, logged_config
 from wgtune.tracking.summary import CellSummary
 
 
@@ -83,3 +84,15 @@ def trial_config(plan: PlannedCell, params: dict[str, Any], seed: int | None = N
     if seed is not None:
         config["seed"] = seed
     return config
+
+
+def fixed_settings(plan: PlannedCell) -> dict[str, str]:
+    """The cell's trial settings that no trial searches, flattened as a trial logs its config
+    (`records.config_params`, read back by `records.logged_config`): what a history run must match."""
+    config = dict(plan.base_config)
+    options = dict(config.get("objective_options", {}))
+    for d in plan.space.dims:
+        if d.kind == "fixed":
+            (options if d.target == "objective_options" else config)[d.name] = d.args[0]
+    config["objective_options"] = options
+    return logged_config(config_params(config)) or {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from wgtune.run.plan import PlannedCell, plan_cells
+from wgtune.run.plan import PlannedCell, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, render
 from wgtune.search.priors import cell_priors
 from wgtune.spec.errors import UserError
@@ -227,9 +227,10 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[Pl
     records = {c.cell.id: cell_record(c) for c in cells}
     n_params = {cell_id: record.n_params for cell_id, record in records.items()}
     peers = [c.cell for c in cells]
+    settings_of = {c.cell.id: fixed_settings(c) for c in cells}
     planned = []
     for c in cells:
-        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors)
+        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors, settings_of)
         planned.append(replace(c, priors=priors))
         if register:
             tracker.cell_run(records[c.cell.id])

@@ -1,10 +1,21 @@
-"""Where each cell's TPE starts from: its own finished trials, or its neighbours' (transfer).
+"""Where each cell's TPE starts from: its own trials, or its neighbours' (transfer).
 
 Same-cell history becomes completed observations in the cell's hyperopt `Trials` (never re-run:
-docs/design.md, decision 2). A cell without history learns from the cells of the same dataset,
-objective and pretrained flag at other sizes, nearest in parameter count first: their best configurations
-are proposed first, and optionally the space is narrowed to a box around their top
-configurations (Perrone et al. 2019, "Learning search spaces for Bayesian optimization").
+docs/design.md, decision 2). A cell without finished history learns from the cells of the same
+dataset, objective, pretrained flag and model family at other sizes, nearest in parameter count
+first: their best configurations are proposed first, and optionally the space is narrowed to a box
+around their top configurations (Perrone et al. 2019, "Learning search spaces for Bayesian
+optimization").
+
+History is used only where it was trained as this cell trains (issue 13, defect 1): every trial
+logs its whole resolved config (`records.config_params`), and a run whose fixed settings
+(optimizer when fixed, momentum, schedule, epochs, image size, objective options, environments,
+pretrained, data set options...) differ from this cell's is skipped, with the reason, as an
+observation and as a transfer point. Runs logged before configs were (no `config.*` params) are
+taken as compatible and counted in `unverified`: a cell's own old runs were trained by the same
+grid cell (dataset, model, objective, pretrained are its id) and count against its budget, so
+dropping them would leave their budget spent and their knowledge lost; `wgtune priors` shows how
+many there are, so a researcher who changed fixed settings since knows to start a new study.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from wgtune.spec.spaces import SearchSpace, SpaceError
+from wgtune.tracking.records import logged_config, settings_mismatch
 
 if TYPE_CHECKING:
     from wgtune.spec.grid import Cell, PriorSettings
@@ -32,25 +44,35 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class CellPriors:
-    """What a cell's search starts from, and why (recorded on its MLflow parent run)."""
+    """What a cell's search starts from, and why (recorded on its MLflow parent run).
+
+    `history_runs` are every run of the cell's own history, used or skipped: the seed of a new
+    experiment's draws derives from them (`run.driver.search_plan`), so a new launch never replays
+    the draws of the one before (issue 13, defect 3). `curves` are, per observed fully or partly
+    trained run, its early-stopping metric by epoch, for ASHA's rungs (`scheduler.CellASHA`).
+    """
 
     cell_id: str
     space: SearchSpace
-    observations: tuple[tuple[dict[str, Any], float | None], ...] = ()  # loss None: a diverged configuration
+    observations: tuple[tuple[dict[str, Any], float | None], ...] = ()  # loss None: a failed configuration
     observed_runs: tuple[str, ...] = ()
     first_points: tuple[dict[str, Any], ...] = ()
     first_params: tuple[dict[str, Any], ...] = ()
     neighbours: tuple[Neighbour, ...] = ()
     narrowed: bool = False
     skipped: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    unverified: tuple[str, ...] = ()
+    history_runs: tuple[str, ...] = ()
+    curves: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """Plain, JSON-ready provenance: counts, run ids, neighbours, the space TPE samples from."""
         return {
             "cell": self.cell_id,
             "observations": len(self.observations),
-            "diverged_observations": sum(loss is None for _, loss in self.observations),
+            "failed_observations": sum(loss is None for _, loss in self.observations),
             "observed_runs": list(self.observed_runs),
+            "unverified_runs": list(self.unverified),
             "skipped": [{"run_id": run, "reason": why} for run, why in self.skipped],
             "transfer": {
                 "neighbours": [n.__dict__ for n in self.neighbours],
@@ -61,6 +83,20 @@ class CellPriors:
         }
 
 
+class _Skips:
+    """Runs left out, once each with the first reason found (a run can be met twice: as a box
+    point and as a first point, say)."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def add(self, run_id: str, reason: str) -> None:
+        self.reasons.setdefault(run_id, reason)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self.reasons
+
+
 def cell_priors(
     cell: Cell,
     space: SearchSpace,
@@ -68,34 +104,42 @@ def cell_priors(
     n_params: Mapping[str, int],
     peers: Sequence[Cell],
     settings: PriorSettings,
+    settings_of: Mapping[str, Mapping[str, str]] | None = None,
 ) -> CellPriors:
-    """The priors of `cell`. `peers` are the study's other cells, `n_params` every cell's size.
+    """The priors of `cell`. `peers` are the study's other cells, `n_params` every cell's size,
+    `settings_of` every cell's fixed trial settings as logged (`plan.fixed_settings`; None: not checked).
 
-    Own history always becomes observations. Neighbours' best configurations are proposed
-    first only to a cell with no history. The box, when asked for, spans the neighbours' top
-    configurations and the cell's own history, so it survives a re-launch and every own
-    observation still fits it.
+    Own history that was trained under this cell's settings becomes observations. Neighbours'
+    best configurations are proposed first only to a cell with no finished history, never one the
+    cell has already tried (a transfer point that failed is not proposed again, defect 4). The box,
+    when asked for, spans the neighbours' top configurations, widened by the margin, and is
+    stretched with no margin to hold the cell's own trials, so it does not creep across relaunches.
     """
+    expected = (settings_of or {}).get(cell.id)
+    free = _searched_keys(space)
+    skips = _Skips()
+    unverified: list[str] = []
     own = summaries.get(cell.id)
     history = tuple(own.observations) if own is not None else ()
-    finished = [o for o in history if not o.diverged]  # a diverged point must not widen the box
-    skipped: list[tuple[str, str]] = []
+    usable = [o for o in history if _compatible(o, expected, free, skips, unverified, "")]
+    finished = [o for o in usable if not o.failed]  # a failed point must not widen the box
     neighbours: list[Neighbour] = []
     if settings.transfer == "neighbours":
-        neighbours = _neighbours(cell, peers, summaries, n_params)[: settings.top_k]
+        neighbours = _neighbours(cell, peers, summaries, n_params, settings.across_families)[: settings.neighbours]
     sources = [summaries[n.cell_id] for n in neighbours]
+    check = (expected, free, skips, unverified)
     narrowed = False
     if sources and settings.narrow == "box":
-        points = _top_configs(space, sources, settings.top_k, skipped)
-        points += _fitting(space, finished)
+        points = _top_configs(space, sources, settings.top_k, skips, check)
         if points:
-            space = space.narrow(points, margin=settings.margin)
+            space = space.narrow(points, margin=settings.margin, keep=_fitting(space, finished))
             narrowed = True
-    observations, runs, rejected = _observations(space, history)
-    skipped.extend(rejected)
+    observations, runs = _observations(space, usable, skips)
     first: list[dict[str, Any]] = []
     if not finished and sources:
-        first = list({_key(p): p for p in _top_configs(space, sources, 1, skipped)}.values())
+        tried = {_key(p) for p in _fitting(space, usable)}
+        first = [p for p in {_key(p): p for p in _top_configs(space, sources, 1, skips, check)}.values()
+                 if _key(p) not in tried]
     return CellPriors(
         cell.id,
         space,
@@ -105,17 +149,42 @@ def cell_priors(
         first_params=tuple(first),
         neighbours=tuple(neighbours),
         narrowed=narrowed,
-        skipped=tuple(skipped),
+        skipped=tuple(skips.reasons.items()),
+        unverified=tuple(dict.fromkeys(unverified)),
+        history_runs=tuple(sorted(o.run_id for o in history)),
     )
 
 
+def _searched_keys(space: SearchSpace) -> frozenset[str]:
+    """The searched dims as keys of a logged config (objective options under `objective_options.`)."""
+    return frozenset(d.name if d.target == "config" else f"{d.target}.{d.name}" for d in space.searched())
+
+
+def _compatible(obs: Observation, expected: Mapping[str, str] | None, free: frozenset[str], skips: _Skips,
+                unverified: list[str], whose: str) -> bool:
+    """Whether a run was trained under the expected settings; the reason is recorded if not."""
+    if expected is None:
+        return True
+    logged = logged_config(obs.params)
+    if logged is None:
+        unverified.append(obs.run_id)
+        return True
+    reason = settings_mismatch(expected, logged, free)
+    if reason:
+        skips.add(obs.run_id, f"{whose}trained under other settings: {reason}")
+    return reason is None
+
+
 def parse_params(space: SearchSpace, logged: Mapping[str, str]) -> dict[str, Any]:
-    """MLflow's string params back to the typed values of the space's searched dimensions."""
+    """MLflow's string params back to the typed values of the space's searched dimensions (a value
+    the run did not search is read from its logged config)."""
     values: dict[str, Any] = {}
+    config = logged_config(logged) or {}
     for dim in space.searched():
-        if dim.name not in logged:
+        # A dim fixed when the run trained and searched now has its value in the run's config.
+        text = logged.get(dim.name, config.get(dim.name if dim.target == "config" else f"{dim.target}.{dim.name}"))
+        if text is None:
             raise SpaceError(f"no value logged for {dim.name!r}")
-        text = logged[dim.name]
         if dim.kind == "choice":
             matches = [option for option in dim.args if str(option) == text]
             if not matches:
@@ -128,24 +197,24 @@ def parse_params(space: SearchSpace, logged: Mapping[str, str]) -> dict[str, Any
 
 
 def _observations(
-    space: SearchSpace, history: Sequence[Observation]
-) -> tuple[list[tuple[dict[str, Any], float | None]], list[str], list[tuple[str, str]]]:
-    """Finished trials that fit the space, as (hyperopt vals, loss), and diverged ones with loss None
-    (TPE ranks a failure below every loss); the rest with the reason."""
+    space: SearchSpace, history: Sequence[Observation], skips: _Skips
+) -> tuple[list[tuple[dict[str, Any], float | None]], list[str]]:
+    """Trials that fit the space, as (hyperopt vals, loss), failed ones with loss None (TPE ranks a
+    failure below every loss); the others are skipped with the reason."""
     observations: list[tuple[dict[str, Any], float | None]] = []
-    runs, skipped = [], []
+    runs = []
     for obs in history:
-        if not obs.diverged and (obs.value is None or not math.isfinite(obs.value)):
-            skipped.append((obs.run_id, "no objective value was logged"))
+        if not obs.failed and (obs.value is None or not math.isfinite(obs.value)):
+            skips.add(obs.run_id, "no objective value was logged")
             continue
         try:
             vals = space.encode(parse_params(space, obs.params))
         except (SpaceError, ValueError) as err:
-            skipped.append((obs.run_id, f"outside the current search space: {err}"))
+            skips.add(obs.run_id, f"outside the current search space: {err}")
             continue
-        observations.append((vals, None if obs.diverged else -obs.value))  # TPE minimises; we maximise accuracy
+        observations.append((vals, None if obs.failed else -obs.value))  # TPE minimises; we maximise accuracy
         runs.append(obs.run_id)
-    return observations, runs, skipped
+    return observations, runs
 
 
 def _fitting(space: SearchSpace, history: Sequence[Observation]) -> list[dict[str, Any]]:
@@ -162,10 +231,12 @@ def _fitting(space: SearchSpace, history: Sequence[Observation]) -> list[dict[st
 
 
 def _neighbours(
-    cell: Cell, peers: Sequence[Cell], summaries: Mapping[str, CellSummary], n_params: Mapping[str, int]
+    cell: Cell, peers: Sequence[Cell], summaries: Mapping[str, CellSummary], n_params: Mapping[str, int],
+    across_families: bool = False,
 ) -> list[Neighbour]:
-    """Same dataset, objective and pretrained flag, other size, with finished trials; nearest in
-    log parameter count first, the same model family before others."""
+    """Same dataset, objective and pretrained flag, other size, with finished trials, of the same
+    model family unless `across_families` (a ResNet's optimum says little about a ViT's: other
+    optimizer, other scale of lr); nearest in log parameter count first, the same family first."""
     own = math.log(n_params[cell.id])
     found = []
     for peer in peers:
@@ -173,30 +244,36 @@ def _neighbours(
         same_question = (peer.dataset, peer.objective, peer.pretrained) == (cell.dataset, cell.objective, cell.pretrained)
         if peer.id == cell.id or not same_question or summary is None or summary.best_value is None:
             continue
+        if peer.family != cell.family and not across_families:
+            continue
         distance = abs(math.log(n_params[peer.id]) - own)
         found.append(((peer.family != cell.family, distance, peer.id),
                       Neighbour(peer.id, n_params[peer.id], summary.best_value, summary.best_run_id)))
     return [n for _, n in sorted(found, key=lambda item: item[0])]
 
 
-def _top_configs(
-    space: SearchSpace, summaries: Sequence[CellSummary], k: int, skipped: list[tuple[str, str]]
-) -> list[dict[str, Any]]:
-    """The k best finished configurations of each summary that fit `space`."""
+def _top_configs(space: SearchSpace, summaries: Sequence[CellSummary], k: int, skips: _Skips,
+                 check: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The k best fully trained configurations of each summary that fit `space` and were trained
+    under this cell's settings (`check`: expected settings, searched keys, skips, unverified)."""
+    expected, free, _, unverified = check
     points = []
     for summary in summaries:
-        ranked = sorted((o for o in summary.observations if o.value is not None), key=lambda o: -o.value)
+        ranked = sorted((o for o in summary.observations if o.value is not None and not o.stopped),
+                        key=lambda o: -o.value)
         taken = 0
         for obs in ranked:
             if taken == k:
                 break
+            if not _compatible(obs, expected, free, skips, unverified, "neighbour "):
+                continue
             try:
                 params = parse_params(space, obs.params)
                 reason = space.contains(params)
             except (SpaceError, ValueError) as err:
                 reason = str(err)
             if reason:
-                skipped.append((obs.run_id, f"neighbour config outside this cell's space: {reason}"))
+                skips.add(obs.run_id, f"neighbour config outside this cell's space: {reason}")
                 continue
             points.append(params)
             taken += 1
