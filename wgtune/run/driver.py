@@ -120,7 +120,8 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(router, max_concurrent=settings.max_concurrent),
-            scheduler=make_scheduler(settings.scheduler, settings.grace_period, settings.epochs),
+            scheduler=make_scheduler(settings.scheduler, settings.grace_period, settings.epochs,
+                                     history={c.cell.id: c.priors.curves for c in cells if c.priors}),
             # No count: a trial that fails for good gets a replacement, so the router alone knows
             # when the work is done, and says so with FINISHED.
             num_samples=-1,

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from wgtune.run.plan import PlannedCell, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, render
-from wgtune.search.priors import cell_priors
+from wgtune.search.priors import CellPriors, cell_priors
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid, expand_study_dir
 from wgtune.tracking.records import CellRecord
@@ -31,6 +31,7 @@ from wgtune.tracking.store import (
     resolve_tracking_uri,
     sqlite_path,
 )
+from wgtune.tracking.summary import CellSummary
 from wgtune.tracking.tracker import StudyTracker
 
 Print = Callable[[str], None]
@@ -181,15 +182,11 @@ def _unlogged(grid: Grid, tracker: StudyTracker, uri: str) -> UserError:
 
 
 def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[PlannedCell]:
-    """Close what a dead driver left RUNNING, then plan every cell from MLflow and record its priors."""
+    """Close what a dead driver left RUNNING, then plan every cell from MLflow."""
     closed = tracker.close_orphans()
     if closed:
         print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
-    cells = prepare(grid, tracker)
-    for planned in cells:
-        if planned.budget.has_work and planned.priors is not None:
-            tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
-    return cells
+    return prepare(grid, tracker)
 
 
 def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment: Experiment,
@@ -199,6 +196,12 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
 
     if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
         tracker.clear_failing(c.cell.id for c in cells if c.budget.has_work)
+        # What the router of this experiment starts from, from the very plans it is built from. A
+        # restored experiment's router comes back from Tune's state: the priors.json of the launch
+        # that made it stays, true (issue 13, defect 8: a restore wrote fresh priors it never used).
+        for planned in cells:
+            if planned.budget.has_work and planned.priors is not None:
+                tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
     settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
                                     address=options.address, progress_every_s=options.progress_every_s)
     experiment.begin()
@@ -231,10 +234,21 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[Pl
     planned = []
     for c in cells:
         priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors, settings_of)
+        if grid.spec.search.scheduler == "asha" and c.budget.search_left:
+            priors = replace(priors, curves=_curves(tracker, priors, summaries.get(c.cell.id)))
         planned.append(replace(c, priors=priors))
         if register:
             tracker.cell_run(records[c.cell.id])
     return planned
+
+
+def _curves(tracker: StudyTracker, priors: CellPriors, summary: CellSummary | None) -> dict[str, tuple]:
+    """The early-stopping metric by epoch of the cell's observed, scored trials: ASHA's rungs in a new
+    experiment start from them (`search.scheduler.CellASHA`)."""
+    from trainables.metrics import STEP_METRIC
+
+    scored = {o.run_id for o in (summary.observations if summary else ()) if not o.failed}
+    return tracker.metric_histories([r for r in priors.observed_runs if r in scored], STEP_METRIC)
 
 
 def priors_report(grid: Grid, tracking_uri: str | None = None, cell_filter: str | None = None) -> str:

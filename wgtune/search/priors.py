@@ -79,6 +79,7 @@ class CellPriors:
                 "first_points": [dict(p) for p in self.first_params],
                 "narrowed": self.narrowed,
             },
+            "asha_curves": len(self.curves),
             "space": self.space.describe(),
         }
 
