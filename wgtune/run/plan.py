@@ -6,7 +6,7 @@ the driver.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from wgtune.search.budget import CellBudget
@@ -40,9 +40,14 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> 
             grid.space_overrides(cell),
             override_source=f"{grid.path}: search_space",
         )
-        plans.append(PlannedCell(cell=cell, space=space, base_config=base_config(grid, cell),
-                                 resources=grid.resources(cell), budget=cell_budget(grid, history.get(cell.id)),
-                                 seed=cell.seed(grid.spec.search.seed)))
+        planned = PlannedCell(cell=cell, space=space, base_config=base_config(grid, cell),
+                              resources=grid.resources(cell), budget=cell_budget(grid, None),
+                              seed=cell.seed(grid.spec.search.seed))
+        summary = history.get(cell.id)
+        # Runs trained under other fixed settings (the grid changed them since) are not this cell's
+        # work: they neither count against its budget nor inform its search (search/priors.py).
+        trained = summary.trained_as(fixed_settings(planned), space.searched_keys()) if summary else None
+        plans.append(replace(planned, budget=cell_budget(grid, trained)))
     return plans
 
 

@@ -117,7 +117,7 @@ def cell_priors(
     stretched with no margin to hold the cell's own trials, so it does not creep across relaunches.
     """
     expected = (settings_of or {}).get(cell.id)
-    free = _searched_keys(space)
+    free = space.searched_keys()
     skips = _Skips()
     unverified: list[str] = []
     own = summaries.get(cell.id)
@@ -154,11 +154,6 @@ def cell_priors(
         unverified=tuple(dict.fromkeys(unverified)),
         history_runs=tuple(sorted(o.run_id for o in history)),
     )
-
-
-def _searched_keys(space: SearchSpace) -> frozenset[str]:
-    """The searched dims as keys of a logged config (objective options under `objective_options.`)."""
-    return frozenset(d.name if d.target == "config" else f"{d.target}.{d.name}" for d in space.searched())
 
 
 def _compatible(obs: Observation, expected: Mapping[str, str] | None, free: frozenset[str], skips: _Skips,

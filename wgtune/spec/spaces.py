@@ -78,6 +78,10 @@ class SearchSpace:
         """The dimensions TPE searches (all but the fixed ones)."""
         return tuple(d for d in self.dims if d.kind != "fixed")
 
+    def searched_keys(self) -> frozenset[str]:
+        """The searched dims as keys of a flattened trial config (objective options as `objective_options.<name>`)."""
+        return frozenset(d.name if d.target == "config" else f"{d.target}.{d.name}" for d in self.searched())
+
     def fixed(self) -> dict[str, Any]:
         """Fixed hyperparameters, name -> value."""
         return {d.name: d.args[0] for d in self.dims if d.kind == "fixed"}

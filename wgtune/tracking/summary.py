@@ -6,11 +6,11 @@ priors all count the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from trainables.metrics import SELECTION_METRIC
-from wgtune.tracking.records import PHASE_FINAL, TrialRecord, final_seed_done
+from wgtune.tracking.records import PHASE_FINAL, TrialRecord, final_seed_done, logged_config, settings_mismatch
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,24 @@ class CellSummary:
     final_done: int = 0
     """Final seeds that gave their result (`final_seed_done`): finished, or diverged for good."""
 
+
+
+    def trained_as(self, expected: Mapping[str, str], free: frozenset[str]) -> CellSummary:
+        """This summary less the runs trained under other settings than `expected` (`records.settings_mismatch`;
+        `free`: the searched keys): what counts against the budget of a cell that trains as `expected`.
+        Runs that logged no config (from before configs were) are kept: see `search.priors`."""
+        def same(o: Observation) -> bool:
+            logged = logged_config(o.params)
+            return logged is None or settings_mismatch(expected, logged, free) is None
+
+        kept = tuple(o for o in self.observations if same(o))
+        if len(kept) == len(self.observations):
+            return self
+        scored = [o for o in kept if o.value is not None]
+        best = max(scored, key=lambda o: o.value) if scored else None  # type: ignore[arg-type,return-value]
+        return replace(self, finished=sum(not o.failed for o in kept), failed=sum(o.failed for o in kept),
+                       best_value=best.value if best else None, best_run_id=best.run_id if best else None,
+                       observations=kept)
 
 
 def summarise(trials: Sequence[TrialRecord], parent_ids: Mapping[str, str], metric: str = SELECTION_METRIC,
