@@ -297,3 +297,19 @@ def test_a_study_with_asha_stops_trials_early_within_each_cell_and_the_hard_cell
             if len(curve) < MAX_T:
                 rung = len(curve)
                 assert any(len(other) >= rung and other[rung - 1] > curve[-1] for other in trials), (model, curve)
+    # Issue 13, defect 7: a stopped trial is marked (its value is its best so far), and a relaunch
+    # reads every observed trial's curve back from MLflow for the new experiment's rungs.
+    for run in runs:
+        assert run.stopped_early == (len(client.get_metric_history(run.run_id, STEP_METRIC)) < MAX_T), run
+    from wgtune.run.study import prepare
+    from wgtune.tracking.tracker import StudyTracker
+
+    with StudyTracker(done.uri, grid.spec.study) as again:
+        grown = grid.spec.model_copy(update={"search": grid.spec.search.model_copy(update={"num_samples": TRIALS_PER_CELL + 1})})
+        replanned = prepare(type(grid)(grown, grid.path), again, register=False)
+    for planned in replanned:
+        priors = planned.priors
+        assert set(priors.curves) == set(priors.observed_runs) and len(priors.curves) == TRIALS_PER_CELL
+        for run_id, points in priors.curves.items():
+            stored = sorted((m.step, m.value) for m in client.get_metric_history(run_id, STEP_METRIC))
+            assert list(points) == stored
