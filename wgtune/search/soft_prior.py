@@ -42,7 +42,7 @@ from wgtune.search.size_prior import (LEVEL, TOP_K, DimensionFit, SizeFit, SizeT
                                       same_option)
 
 if TYPE_CHECKING:
-    from wgtune.spaces import Dimension, SearchSpace
+    from wgtune.spec.spaces import Dimension, SearchSpace
 
 __all__ = ["Band", "ChoiceWeights", "EDGE", "MIN_HALF_WIDTH", "MIN_INFORMED", "MIN_SD", "NeighbourTrials",
            "MAX_COMBINATIONS", "OUTSIDE", "SoftPrior", "build_prior", "gate"]

@@ -10,7 +10,7 @@ import pytest
 
 from wgtune.search.soft_prior import (MIN_HALF_WIDTH, MIN_INFORMED, OUTSIDE, NeighbourTrials, SoftPrior, build_prior,
                                       gate)
-from wgtune.spaces import load_space
+from wgtune.spec.spaces import load_space
 
 SPACE = load_space("erm", objective_defaults={})  # lr, weight_decay loguniform; batch_size, optimizer choices
 LR_RANGE = math.log(3e-1 / 1e-4)

@@ -12,7 +12,7 @@ from hyperopt.base import JOB_STATE_DONE, trials_from_docs
 
 from wgtune.search.soft_prior import NeighbourTrials, SoftPrior, build_prior
 from wgtune.search.startup import suggest
-from wgtune.spaces import load_space
+from wgtune.spec.spaces import load_space
 
 SPACE = load_space("erm", objective_defaults={})
 N_STARTUP = 5
