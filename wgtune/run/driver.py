@@ -153,6 +153,7 @@ def search_plan(cell: PlannedCell, n_startup: int) -> SearchPlan:
         observations=priors.observations if priors else (),
         first_points=priors.first_points if priors else (),
         draw_seed=derive_seed(cell.seed, *history) if history else None,
+        prior=priors.startup_prior if priors else None,
     )
 
 

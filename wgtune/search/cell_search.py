@@ -18,11 +18,14 @@ from hyperopt import STATUS_FAIL, STATUS_OK, Domain, pyll, tpe
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Trials, spec_from_misc, trials_from_docs
 from hyperopt.utils import coarse_utcnow
 
+from wgtune.search import startup
 from wgtune.search.budget import CellBudget
 from wgtune.spec.grid import derive_seed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from wgtune.search.soft_prior import SoftPrior
 
 __all__ = ["CellSearch", "SearchPlan", "TRIAL_ERROR", "result_doc"]
 
@@ -53,6 +56,9 @@ class SearchPlan:
     from `seed`: they are numbered across launches."""
     allow_repeats: bool = False
     """Whether a search trial may re-run a configuration the cell has already tried."""
+    prior: SoftPrior | None = None
+    """What the random start-up draws from instead of `space`'s own prior (`search.startup.suggest`):
+    a new cell's size-aware prior under `priors: {narrow: soft}`; TPE then searches `space` itself."""
 
     def __post_init__(self) -> None:
         if not self.cell:
@@ -105,6 +111,8 @@ class CellSearch:
         self.domain = Domain(_identity, plan.space)
         self.algo: Callable[..., list[dict]] = functools.partial(
             tpe.suggest, n_startup_jobs=plan.n_startup, verbose=False
+        ) if plan.prior is None else functools.partial(
+            startup.suggest, prior=plan.prior, n_startup_jobs=plan.n_startup, verbose=False
         )
         self.draws = plan.seed if plan.draw_seed is None else plan.draw_seed
         self.rng = np.random.default_rng(self.draws)
@@ -174,7 +182,8 @@ class CellSearch:
             doc, proposal = self._doc(tid, transfer[0]), "transfer"
         else:
             # Same rule tpe.suggest applies: it falls back to rand.suggest below n_startup docs.
-            proposal = "random" if len(self.trials.trials) < self.plan.n_startup else "tpe"
+            startup_draw = len(self.trials.trials) < self.plan.n_startup
+            proposal = "tpe" if not startup_draw else "random" if self.plan.prior is None else "prior"
             for _ in range(_REDRAWS):
                 seed = int(self.rng.integers(2**31 - 1))
                 [doc] = self.algo([tid], self.domain, self.trials, seed)

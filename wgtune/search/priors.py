@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from wgtune.search.soft_prior import NeighbourTrials, SoftPrior, build_prior
 from wgtune.spec.spaces import SearchSpace, SpaceError
 from wgtune.tracking.records import logged_config, settings_mismatch
 
@@ -64,6 +65,16 @@ class CellPriors:
     unverified: tuple[str, ...] = ()
     history_runs: tuple[str, ...] = ()
     curves: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    size_prior: SoftPrior | None = None
+    """A new cell's size-aware prior from its family's searched sizes (`soft_prior.build_prior`):
+    shown by `wgtune priors` (the fit per hyperparameter: slope, centre, band) whatever `narrow`
+    says; drawn from by the start-up only with `narrow: soft` (`startup_prior`)."""
+    soft: bool = False
+
+    @property
+    def startup_prior(self) -> SoftPrior | None:
+        """The prior the cell's random start-up draws from (`search.startup.suggest`), if any."""
+        return self.size_prior if self.soft and self.size_prior is not None and self.size_prior.informed else None
 
     def describe(self) -> dict[str, Any]:
         """Plain, JSON-ready provenance: counts, run ids, neighbours, the space TPE samples from."""
@@ -80,8 +91,27 @@ class CellPriors:
                 "narrowed": self.narrowed,
             },
             "asha_curves": len(self.curves),
+            "size_fit": _fit_summary(self.size_prior),
+            "size_prior": None if self.size_prior is None else {**self.size_prior.describe(),
+                                                                  "drawn_from": self.startup_prior is not None},
             "space": self.space.describe(),
         }
+
+
+def _fit_summary(prior: SoftPrior | None) -> dict[str, Any] | None:
+    """Per numeric hyperparameter, how its optimum moves with size and where the fit puts this cell's:
+    the slope per unit ln N (in the log of a log-scale hyperparameter), the centre and the band in
+    real units, and how far the cell lies beyond the sizes searched (ln N; 0 between them)."""
+    if prior is None or prior.fit is None:
+        return None
+    kinds = {d.name: d.kind for d in prior.space.searched()}
+    out = {}
+    for name, f in prior.fit.dims.items():
+        real = math.exp if kinds.get(name) in ("loguniform", "qloguniform") else float
+        out[name] = {"slope_per_ln_n": round(f.slope, 4), "slope_se": round(f.slope_se, 4),
+                     "centre": real(f.centre), "band": [real(f.low), real(f.high)],
+                     "extrapolation_ln_n": round(f.extrapolation, 3), "sizes": len(f.sizes)}
+    return out
 
 
 class _Skips:
@@ -106,9 +136,11 @@ def cell_priors(
     peers: Sequence[Cell],
     settings: PriorSettings,
     settings_of: Mapping[str, Mapping[str, str]] | None = None,
+    n_startup: int = 5,
 ) -> CellPriors:
     """The priors of `cell`. `peers` are the study's other cells, `n_params` every cell's size,
-    `settings_of` every cell's fixed trial settings as logged (`plan.fixed_settings`; None: not checked).
+    `settings_of` every cell's fixed trial settings as logged (`plan.fixed_settings`; None: not checked),
+    `n_startup` the random trials of a search (a neighbour shapes a size prior only past them).
 
     Own history that was trained under this cell's settings becomes observations. Neighbours'
     best configurations are proposed first only to a cell with no finished history, never one the
@@ -124,11 +156,16 @@ def cell_priors(
     history = tuple(own.observations) if own is not None else ()
     usable = [o for o in history if _compatible(o, expected, free, skips, unverified, "")]
     finished = [o for o in usable if not o.failed]  # a failed point must not widen the box
-    neighbours: list[Neighbour] = []
+    family: list[Neighbour] = []
     if settings.transfer == "neighbours":
-        neighbours = _neighbours(cell, peers, summaries, n_params, settings.across_families)[: settings.neighbours]
+        family = _neighbours(cell, peers, summaries, n_params, settings.across_families)
+    neighbours = family[: settings.neighbours]
     sources = [summaries[n.cell_id] for n in neighbours]
     check = (expected, free, skips, unverified)
+    size_prior = None
+    if family and not finished:  # a new cell: every searched size of its family informs the fit
+        size_prior = build_prior(space, [_trials_of(n, summaries[n.cell_id], space, check) for n in family],
+                                 n_params[cell.id], n_startup=n_startup, margin=settings.margin)
     narrowed = False
     if sources and settings.narrow == "box":
         points = _top_configs(space, sources, settings.top_k, skips, check)
@@ -139,7 +176,9 @@ def cell_priors(
     first: list[dict[str, Any]] = []
     if not finished and sources:
         tried = {_key(p) for p in _fitting(space, usable)}
-        first = [p for p in {_key(p): p for p in _top_configs(space, sources, 1, skips, check)}.values()
+        centre = [size_prior.centre_point()] if settings.narrow == "soft" and size_prior and size_prior.informed else []
+        candidates = centre + _top_configs(space, sources, 1, skips, check)
+        first = [p for p in {_key(p): p for p in candidates if space.contains(p) is None}.values()
                  if _key(p) not in tried]
     return CellPriors(
         cell.id,
@@ -153,7 +192,29 @@ def cell_priors(
         skipped=tuple(skips.reasons.items()),
         unverified=tuple(dict.fromkeys(unverified)),
         history_runs=tuple(sorted(o.run_id for o in history)),
+        size_prior=size_prior,
+        soft=settings.narrow == "soft",
     )
+
+
+def _trials_of(neighbour: Neighbour, summary: CellSummary, space: SearchSpace, check: tuple[Any, ...]
+               ) -> NeighbourTrials:
+    """A neighbour's fully trained, scored trials trained under this cell's settings and inside its
+    space, as the size prior reads them (stopped and failed trials are no estimate of an optimum)."""
+    expected, free, skips, unverified = check
+    trials = []
+    for obs in summary.observations:
+        if obs.value is None or obs.stopped or not math.isfinite(obs.value):
+            continue
+        if not _compatible(obs, expected, free, skips, unverified, "neighbour "):
+            continue
+        try:
+            params = parse_params(space, obs.params)
+        except (SpaceError, ValueError):
+            continue
+        if space.contains(params) is None:
+            trials.append((params, obs.value))
+    return NeighbourTrials(neighbour.cell_id, neighbour.n_params, tuple(trials))
 
 
 def _compatible(obs: Observation, expected: Mapping[str, str] | None, free: frozenset[str], skips: _Skips,

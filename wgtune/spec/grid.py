@@ -72,7 +72,9 @@ class PriorSettings(_Strict):
     """Where a cell's TPE starts from (see wgtune/search/priors.py)."""
 
     transfer: Literal["neighbours", "none"] = "neighbours"
-    narrow: Literal["box", "none"] = "none"
+    narrow: Literal["box", "soft", "none"] = Field("none", description=(
+        "box: TPE searches a box around the neighbours' top trials; soft: the random start-up draws from "
+        "a size-aware prior that keeps mass on the whole space (search/soft_prior.py); none: the whole space"))
     neighbours: int = Field(2, ge=1, description="nearest cells in log size whose history informs a cell")
     top_k: int = Field(3, ge=1, description="best trials of each neighbour that span the box")
     margin: float = Field(0.1, ge=0, description="box: widened by this fraction of each original range")

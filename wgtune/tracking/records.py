@@ -32,7 +32,8 @@ KIND_TAG, CELL_TAG, TRIAL_ID_TAG, ERROR_TAG = tag("kind"), tag("cell"), tag("tri
 """`kind`: what a run is (`KIND_STUDY`, `KIND_CELL`, `KIND_TRIAL`); `cell`: its cell id; `trial_id`: Tune's
 id of a trial run; `error`: a failed attempt's error (the whole text is the run's `error.txt`)."""
 PROPOSAL_TAG, PHASE_TAG, ATTEMPTS_TAG = tag("proposal"), tag("phase"), tag("attempts")
-"""How a trial's configuration was proposed (`transfer`, `random`, `tpe`, `final`), its phase
+"""How a trial's configuration was proposed (`transfer`, `random`, `prior` (a start-up draw from a
+size-aware prior), `tpe`, `final`), its phase
 (`PHASE_SEARCH` or `PHASE_FINAL`), and how many attempts it took (retries from checkpoints)."""
 DIVERGED_TAG = tag("diverged")  # on a FAILED trial run whose loss diverged: a failed configuration, not a fault
 FAILING_TAG = tag("failing")  # on a cell run the last launch gave up on (too many failed trials)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from wgtune.search.priors import cell_priors, parse_params
@@ -233,3 +234,42 @@ def test_a_run_met_twice_is_skipped_once_and_top_k_counts_configs_not_neighbours
 
     assert [run for run, _ in priors.skipped] == ["far"]
     assert len(priors.neighbours) == 2
+
+
+def ridge(model_size: int, n: int, offset: float = 0.0) -> list[Observation]:
+    """A size's search around an optimum lr that falls 0.5 decades per decade of parameters."""
+    best = -1.5 - 0.5 * (math.log10(model_size) - 7) + offset
+    rng = np.random.default_rng(model_size % 1000)
+    out = []
+    for i in range(n):
+        x = best + rng.normal(0, 0.4)
+        out.append(obs(f"{model_size}-{i}", 0.9 - 0.3 * (x - best) ** 2, 10 ** x))
+    return out
+
+
+def test_a_new_cell_gets_a_size_fit_per_hyperparameter_and_with_narrow_soft_draws_from_it():
+    """The size-aware prior is wired: a new cell's fit across its family's searched sizes (slope,
+    centre, band per hyperparameter) is what `wgtune priors` shows; `narrow: soft` makes the random
+    start-up draw from it, never changes the space TPE searches (so margin 0 works, every choice
+    option stays, and nothing can creep across relaunches), and proposes its centre first."""
+    sizes = {**SIZES, SMALL.id: 2_000_000, BIG.id: 50_000_000}
+    summaries = {c.id: summary(c.id, *ridge(sizes[c.id], 14)) for c in (SMALL, BIG)}
+
+    shown = cell_priors(MID, SPACE, summaries, sizes, PEERS, PriorSettings(narrow="none"))
+    soft = cell_priors(MID, SPACE, summaries, sizes, PEERS, PriorSettings(narrow="soft", margin=0.0))
+
+    fit = shown.describe()["size_fit"]["lr"]
+    assert fit["sizes"] == 2 and fit["extrapolation_ln_n"] == 0
+    assert fit["band"][0] < fit["centre"] < fit["band"][1]
+    assert shown.startup_prior is None and shown.describe()["size_prior"]["drawn_from"] is False
+    assert soft.startup_prior is not None and soft.space == SPACE
+    assert soft.first_params[0] == soft.startup_prior.centre_point()
+    # Between the sizes, the centre sits between the two sizes' optima (lr 10^-1.35 and 10^-2.05).
+    assert 10 ** -2.3 < fit["centre"] < 10 ** -1.1
+
+
+def test_a_neighbour_with_too_few_trials_shapes_no_size_prior():
+    """Guards issue 13, defect 2: any neighbour with one finished trial shaped a cell's prior."""
+    summaries = {SMALL.id: summary(SMALL.id, *ridge(2_000_000, 3))}
+    priors = cell_priors(MID, SPACE, summaries, SIZES, PEERS, PriorSettings(narrow="soft"))
+    assert priors.startup_prior is None and "scored trials" in priors.describe()["size_prior"]["skipped"][0]["reason"]

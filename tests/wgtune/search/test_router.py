@@ -517,3 +517,29 @@ def test_a_transfer_point_the_cell_has_tried_is_not_proposed_again() -> None:
     out = _drain(CellRouter([plan], metric="score"), 3)
     assert [s["proposal"] for s in out] == ["transfer", "random", "random"]
     assert out[0]["params"] == {"lr": 0.1, "x": 0.75, "opt": "sgd"}
+
+
+def test_with_a_size_prior_the_start_up_draws_from_it_then_tpe_searches_the_whole_space() -> None:
+    """`priors: {narrow: soft}`: the router's start-up draws come from the cell's size-aware prior
+    (proposal `prior`), and TPE afterwards searches the original space (mass outside the band stays)."""
+    from wgtune.search.soft_prior import NeighbourTrials, build_prior
+    from wgtune.spec.spaces import load_space
+
+    space = load_space("erm", objective_defaults={})
+    rng = np.random.default_rng(0)
+
+    def trials(n_params: int, best: float) -> NeighbourTrials:
+        points = []
+        for _ in range(14):
+            x = best + rng.normal(0, 0.3)
+            points.append(({"lr": 10 ** x, "weight_decay": 1e-4, "batch_size": 64, "optimizer": "sgd"},
+                           0.9 - (x - best) ** 2))
+        return NeighbourTrials(str(n_params), n_params, tuple(points))
+
+    prior = build_prior(space, [trials(2_000_000, -1.3), trials(50_000_000, -2.0)], 10_000_000, n_startup=5)
+    assert prior.informed
+    plan = SearchPlan("a", space.to_hyperopt(), CellBudget(8), 3, n_startup=5, prior=prior)
+    out = _drain(CellRouter([plan], metric="score"), 5)
+    assert [s["proposal"] for s in out] == ["prior"] * 5
+    inside = sum(prior.holds(s["params"]) for s in out)
+    assert inside >= 2, "most start-up draws fall in the bands (a quarter per dimension comes from the full space)"
