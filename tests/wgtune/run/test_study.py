@@ -167,7 +167,9 @@ def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp
         chosen = max(sorted(search, key=lambda r: r.info.start_time), key=lambda r: r.data.metrics["best/val_worst_acc"])
         for run in final:
             assert run.data.tags["wgtune.proposal"] == "final"
-            assert {k: v for k, v in run.data.params.items() if k != "seed"} == chosen.data.params
+            # Every trial has its own training seed (issue 13, defect 3); the rest is the chosen config.
+            assert {k: v for k, v in run.data.params.items() if k != "seed"} == \
+                {k: v for k, v in chosen.data.params.items() if k != "seed"}
         assert len({r.data.params["seed"] for r in final}) == 2
         row = table[(table["model"] == cell.model) & (table["objective"] == cell.objective)].iloc[0]
         worst = [r.data.metrics["best/test_worst_acc"] for r in final]
