@@ -28,7 +28,10 @@ and schedule fixed):
                 `PriorSettings(transfer="neighbours", narrow="box", top_k=3)`: their best configs
                 are proposed first, the space narrowed to a box around their top 3 each.
 (d')            the same without narrowing (`narrow="none"`): first points only.
-(e), (e')       as (d), (d') for a new size larger than both finished ones (extrapolation, the
+(d'')           `narrow="soft"`: the space is not narrowed; the size-aware prior fitted across the
+                neighbours' sizes (search/size_prior.py) gives the first point (its centre) and
+                the random start-up's draws (search/soft_prior.py, search/startup.py), then TPE.
+(e), (e'), (e'') as (d), (d'), (d'') for a new size larger than both finished ones (extrapolation, the
                 usual order of a scaling study), against (e0), cold TPE on that size.
 
 Speed-up: the ratio of median trials, baseline over strategy, with a bootstrap 90% interval
@@ -129,10 +132,12 @@ ROWS = {
     "continued": Row("(c0) control: the previous run continued, no interruption"),
     "transfer_box": Row("(d) new size between neighbours, transfer, box", goal=3.0),
     "transfer": Row("(d') new size between neighbours, transfer, no narrowing", goal=1.5),
+    "transfer_soft": Row("(d'') new size between neighbours, size-aware soft prior", goal=3.0),
     "cold_large": Row(f"(e0) cold TPE, {LARGER}", LARGER, "cold_large"),
     "extrapolate_box": Row(f"(e) new largest size {LARGER}, transfer from two smaller, box", LARGER, "cold_large",
                            goal=3.0),
     "extrapolate": Row(f"(e') new largest size {LARGER}, transfer, no narrowing", LARGER, "cold_large"),
+    "extrapolate_soft": Row(f"(e'') new largest size {LARGER}, size-aware soft prior", LARGER, "cold_large", goal=3.0),
 }
 
 
@@ -238,7 +243,8 @@ def summary(model: str, trace: list[tuple[dict[str, Any], float]], role: str) ->
 
 def plan_of(model: str, priors: CellPriors, budget: int, plan_seed: int) -> SearchPlan:
     """As `wgtune.run.driver.search_plan` builds it."""
-    return SearchPlan(cell(model).id, priors.space.to_hyperopt(), CellBudget(budget), plan_seed, N_STARTUP, observations=priors.observations, first_points=priors.first_points)
+    return SearchPlan(cell(model).id, priors.space.to_hyperopt(), CellBudget(budget), plan_seed, N_STARTUP,
+                      observations=priors.observations, first_points=priors.first_points, prior=priors.startup_prior)
 
 
 @dataclass(frozen=True)
@@ -278,12 +284,14 @@ def repetition(args: tuple[Config, int, dict[str, float], dict[str, Any]]) -> Re
 
     def transfer(model: str, history: dict[str, CellSummary], name: str, narrow: str) -> None:
         settings = PriorSettings(transfer="neighbours", narrow=narrow, top_k=3)
-        priors = cell_priors(cell(model), space, history, SIZES_BY_CELL, peers, settings)
+        priors = cell_priors(cell(model), space, history, SIZES_BY_CELL, peers, settings, n_startup=N_STARTUP)
         assert priors.first_points and priors.narrowed == (narrow == "box"), priors.describe()
+        assert (priors.startup_prior is not None) == (narrow == "soft"), priors.describe()
         trace = search(plan_of(model, priors, config.cap, seed(name, rep)), model, target[model])
         traces[name] = [v for _, v in trace]
         first_point_hit[name] = any(v >= target[model] for _, v in trace[: len(priors.first_points)])
-        box_holds_best[name] = priors.space.contains(best_params[model]) is None
+        box_holds_best[name] = (priors.startup_prior.holds(best_params[model]) if priors.startup_prior is not None
+                                else priors.space.contains(best_params[model]) is None)
 
     traces["random"] = [v for _, v in cold(TARGET, "random", config.cap, target[TARGET], n_startup=config.cap)]
     traces["cold"] = [v for _, v in cold(TARGET, "cold", config.cap, target[TARGET])]
@@ -304,12 +312,14 @@ def repetition(args: tuple[Config, int, dict[str, float], dict[str, Any]]) -> Re
                for m in (SMALLER, LARGER)}
     transfer(TARGET, history, "transfer_box", "box")
     transfer(TARGET, history, "transfer", "none")
+    transfer(TARGET, history, "transfer_soft", "soft")
 
     # (e), (e'): the usual order of a scaling study, the new size larger than every finished one.
     traces["cold_large"] = [v for _, v in cold(LARGER, "cold", config.cap, target[LARGER])]
     below = {cell(SMALLER).id: history[cell(SMALLER).id], cell(TARGET).id: own[cell(TARGET).id]}
     transfer(LARGER, below, "extrapolate_box", "box")
     transfer(LARGER, below, "extrapolate", "none")
+    transfer(LARGER, below, "extrapolate_soft", "soft")
     return Rep(traces, max(v for _, v in previous), first_point_hit, box_holds_best,
                time.perf_counter() - started)
 
@@ -424,13 +434,14 @@ def report(config: Config, reps: list[Rep], bests: dict[str, float], best_params
         f"{'–'.join(f'{v:.2f}' for v in ratio_interval(control, resumed, rng))}]; 1 = re-launching loses nothing "
         f"(goal ≥ 0.95: {'met' if speedup(control, resumed) >= 0.95 else 'MISSED'}).",
     ]
-    for name in ("transfer_box", "extrapolate_box", "transfer", "extrapolate"):
+    for name in ("transfer_box", "extrapolate_box", "transfer_soft", "extrapolate_soft", "transfer", "extrapolate"):
         held = sum(r.box_holds_best[name] for r in reps)
-        box = (f"; the narrowed box contained the known best configuration in {held}/{n} "
+        region = "the narrowed box" if name.endswith("_box") else "the soft prior's bands (its high-density region)"
+        box = (f"; {region} contained the known best configuration in {held}/{n} "
                f"(coverage goal ≥ 0.95: {'met' if held >= 0.95 * n else 'MISSED'})")
         lines.append(f"- {ROWS[name].label.split(' ', 1)[0]}: a transfer first point (a neighbour's best config) "
                      f"was itself within ε in {sum(r.first_point_hit[name] for r in reps)}/{n} repetitions"
-                     f"{box if name.endswith('_box') else ''}.")
+                     f"{box if name.endswith(('_box', '_soft')) else ''}.")
     lines += [
         "",
         "Sensitivity to ε (the same runs: a search stopped at ε has passed every looser ε): median trials "
