@@ -196,17 +196,24 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
 
     if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
         tracker.clear_failing(c.cell.id for c in cells if c.budget.has_work)
-        # What the router of this experiment starts from, from the very plans it is built from. A
-        # restored experiment's router comes back from Tune's state: the priors.json of the launch
-        # that made it stays, true (issue 13, defect 8: a restore wrote fresh priors it never used).
-        for planned in cells:
-            if planned.budget.has_work and planned.priors is not None:
-                tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
+    record_priors(tracker, cells, experiment.restore)
     settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
                                     address=options.address, progress_every_s=options.progress_every_s)
     experiment.begin()
     run_experiment(cells, tracker, settings, print_line, trial_fn)
     experiment.complete()
+
+
+def record_priors(tracker: StudyTracker, cells: list[PlannedCell], restore: bool) -> int:
+    """Log each cell's `priors.json` from the plans a new experiment's router is built from; returns how
+    many. A restored experiment's router comes back from Tune's state, so the priors.json of the launch
+    that made it stays, true (issue 13, defect 8: a restore wrote fresh priors its router never used)."""
+    if restore:
+        return 0
+    chosen = [c for c in cells if c.budget.has_work and c.priors is not None]
+    for planned in chosen:
+        tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
+    return len(chosen)
 
 
 def check_data(grid: Grid) -> None:

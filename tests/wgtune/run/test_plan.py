@@ -78,3 +78,28 @@ def test_runs_trained_under_other_fixed_settings_do_not_count_against_the_budget
     [planned] = plan_cells(grid, history)
 
     assert planned.budget.search_done == 1 and planned.budget.search_left == 3
+
+
+def test_priors_json_is_written_by_a_new_experiment_and_never_by_a_restore(tmp_path: Path) -> None:
+    """Guards issue 13, defect 8: a restored launch wrote a fresh priors.json, planned anew from MLflow,
+    while its router came back from Tune's state with the priors of the launch that made it."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from wgtune.run.study import prepare, record_priors
+    from wgtune.tracking.tracker import StudyTracker
+
+    (tmp_path / "grid.yaml").write_text(GRID)
+    grid = load_grid(tmp_path / "grid.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with StudyTracker(uri, "plan") as tracker:
+        cells = prepare(grid, tracker)
+        assert record_priors(tracker, cells, restore=True) == 0
+        tracker.flush()
+        parent = tracker.cell_summaries()[cells[0].cell.id].parent_run_id
+        assert MlflowClient(uri).list_artifacts(parent) == []
+        assert record_priors(tracker, cells, restore=False) == 1
+        tracker.flush()
+    saved = MlflowClient(uri).download_artifacts(parent, "priors.json", str(tmp_path))
+    assert json.loads(Path(saved).read_text()) == json.loads(json.dumps(cells[0].priors.describe(), default=str))
