@@ -240,7 +240,8 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[Pl
     settings_of = {c.cell.id: fixed_settings(c) for c in cells}
     planned = []
     for c in cells:
-        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors, settings_of)
+        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors, settings_of,
+                             n_startup=grid.spec.search.n_startup)
         if grid.spec.search.scheduler == "asha" and c.budget.search_left:
             priors = replace(priors, curves=_curves(tracker, priors, summaries.get(c.cell.id)))
         planned.append(replace(c, priors=priors))

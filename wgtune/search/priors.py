@@ -5,7 +5,11 @@ docs/design.md, decision 2). A cell without finished history learns from the cel
 dataset, objective, pretrained flag and model family at other sizes, nearest in parameter count
 first: their best configurations are proposed first, and optionally the space is narrowed to a box
 around their top configurations (Perrone et al. 2019, "Learning search spaces for Bayesian
-optimization").
+optimization"), or, with `narrow: soft`, the random start-up draws from a size-aware prior fitted
+across every searched size of the family (`search.size_prior`, `search.soft_prior`), which keeps
+the space whole: a quarter of each dimension's draws come from the full range, no choice option is
+dropped, and a neighbour shapes it only past its random start-up plus `soft_prior.MIN_INFORMED`
+trials. A new cell's size fit is shown by `wgtune priors` whatever `narrow` says.
 
 History is used only where it was trained as this cell trains (issue 13, defect 1): every trial
 logs its whole resolved config (`records.config_params`), and a run whose fixed settings
@@ -123,9 +127,6 @@ class _Skips:
 
     def add(self, run_id: str, reason: str) -> None:
         self.reasons.setdefault(run_id, reason)
-
-    def __contains__(self, run_id: str) -> bool:
-        return run_id in self.reasons
 
 
 def cell_priors(
