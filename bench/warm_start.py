@@ -1,6 +1,10 @@
 """Warm-start efficiency: trials a cell's search needs to come within ε of the known best.
 
     .venv/bin/python bench/warm_start.py [--reps 100] [--cap 100] [--eps 0.02] [--history 20] [--jobs 2]
+                                         [--slope 0.5] [--output bench/results/warm_start.md]
+
+Two objective families (issue 13): `--slope 0.5` (default), where the best lr falls 0.5 decades
+per decade of parameters, and `--slope 0` (results in `warm_start_flat.md`), where it does not move.
 
 About 3 minutes on two shared cores. Strategies, each a real `CellRouter` with one cell, driven
 by suggest -> evaluate -> on_trial_complete (no Ray), all on the product's ERM space
@@ -24,7 +28,10 @@ and schedule fixed):
                 `PriorSettings(transfer="neighbours", narrow="box", top_k=3)`: their best configs
                 are proposed first, the space narrowed to a box around their top 3 each.
 (d')            the same without narrowing (`narrow="none"`): first points only.
-(e), (e')       as (d), (d') for a new size larger than both finished ones (extrapolation, the
+(d'')           `narrow="soft"`: the space is not narrowed; the size-aware prior fitted across the
+                neighbours' sizes (search/size_prior.py) gives the first point (its centre) and
+                the random start-up's draws (search/soft_prior.py, search/startup.py), then TPE.
+(e), (e'), (e'') as (d), (d'), (d'') for a new size larger than both finished ones (extrapolation, the
                 usual order of a scaling study), against (e0), cold TPE on that size.
 
 Speed-up: the ratio of median trials, baseline over strategy, with a bootstrap 90% interval
@@ -40,8 +47,8 @@ the landscape a step function), so the validation worst-group accuracy is a smoo
 the config, shaped like one:
 
     x = log10 lr, w = log10 weight_decay, n = parameter count of the model size
-    x*(n, opt, bs) = x0[opt] - 0.5 (log10 n - log10 2.8e6) + k[opt] log10(bs / 64)
-        muP-style: the best lr falls as 1/sqrt(n) (0.18 decades between resnet-10x0.5 and
+    x*(n, opt, bs) = x0[opt] - s (log10 n - log10 2.8e6) + k[opt] log10(bs / 64), s = --slope
+        muP-style at s = 0.5: the best lr falls as 1/sqrt(n) (0.18 decades between resnet-10x0.5 and
         resnet-18x0.5, 0.30 between resnet-18x0.5 and resnet-18); linear scaling with batch
         size for SGD (k=1), square-root for AdamW (k=0.5); x0: sgd -1.2 (lr 0.063), adamw -2.8
     w*(opt) = -3.5 for SGD (3e-4), -1.7 for AdamW (decoupled decay, 0.02)
@@ -123,11 +130,14 @@ ROWS = {
     # Read from "resumed"'s trace and the history's best.
     "resumed_cell": Row("(c) resumed: the cell's best within ε (history counts, 0 if already)", goal=3.0),
     "continued": Row("(c0) control: the previous run continued, no interruption"),
-    "transfer_box": Row("(d) new size between neighbours, transfer, box", goal=1.5),
+    "transfer_box": Row("(d) new size between neighbours, transfer, box", goal=3.0),
     "transfer": Row("(d') new size between neighbours, transfer, no narrowing", goal=1.5),
+    "transfer_soft": Row("(d'') new size between neighbours, size-aware soft prior", goal=3.0),
     "cold_large": Row(f"(e0) cold TPE, {LARGER}", LARGER, "cold_large"),
-    "extrapolate_box": Row(f"(e) new largest size {LARGER}, transfer from two smaller, box", LARGER, "cold_large"),
+    "extrapolate_box": Row(f"(e) new largest size {LARGER}, transfer from two smaller, box", LARGER, "cold_large",
+                           goal=3.0),
     "extrapolate": Row(f"(e') new largest size {LARGER}, transfer, no narrowing", LARGER, "cold_large"),
+    "extrapolate_soft": Row(f"(e'') new largest size {LARGER}, size-aware soft prior", LARGER, "cold_large", goal=3.0),
 }
 
 
@@ -138,9 +148,18 @@ _BS_PENALTY = {32: 0.0, 64: 0.004, 128: 0.012}
 RIDGE_SD, WD_SD, TILT, FLOOR, NOISE = 0.6, 2.0, 0.3, 0.12, 0.005
 
 
+LR_SLOPE = [0.5]
+"""Decades the best lr falls per decade of parameters: one family moves with size (0.5), one not (0).
+A list, set once per process (`set_slope`), so the worker processes share the parent's."""
+
+
+def set_slope(slope: float) -> None:
+    LR_SLOPE[0] = slope
+
+
 def best_log_lr(model: str, optimizer: str, batch_size: int) -> float:
     x0, _, _, k = _OPT[optimizer]
-    return x0 - 0.5 * (math.log10(SIZES[model]) - math.log10(2.8e6)) + k * math.log10(batch_size / 64)
+    return x0 - LR_SLOPE[0] * (math.log10(SIZES[model]) - math.log10(2.8e6)) + k * math.log10(batch_size / 64)
 
 
 def smooth_accuracy(model: str, x: float, w: float, batch_size: int, optimizer: str) -> float:
@@ -202,7 +221,7 @@ def search(plan: SearchPlan, model: str, target: float | None, stop_from: int = 
     `stop_from` (0-based) on: (params, value) per trial."""
     router = CellRouter([plan], metric=METRIC, mode="max")
     trace = []
-    for i in range(plan.budget):
+    for i in range(plan.search_trials):
         trial_id = f"{plan.cell}-{i}"
         suggestion = router.suggest(trial_id)
         value = accuracy(model, suggestion["params"])
@@ -224,7 +243,8 @@ def summary(model: str, trace: list[tuple[dict[str, Any], float]], role: str) ->
 
 def plan_of(model: str, priors: CellPriors, budget: int, plan_seed: int) -> SearchPlan:
     """As `wgtune.run.driver.search_plan` builds it."""
-    return SearchPlan(cell(model).id, priors.space.to_hyperopt(), CellBudget(budget), plan_seed, N_STARTUP, observations=priors.observations, first_points=priors.first_points)
+    return SearchPlan(cell(model).id, priors.space.to_hyperopt(), CellBudget(budget), plan_seed, N_STARTUP,
+                      observations=priors.observations, first_points=priors.first_points, prior=priors.startup_prior)
 
 
 @dataclass(frozen=True)
@@ -264,12 +284,14 @@ def repetition(args: tuple[Config, int, dict[str, float], dict[str, Any]]) -> Re
 
     def transfer(model: str, history: dict[str, CellSummary], name: str, narrow: str) -> None:
         settings = PriorSettings(transfer="neighbours", narrow=narrow, top_k=3)
-        priors = cell_priors(cell(model), space, history, SIZES_BY_CELL, peers, settings)
+        priors = cell_priors(cell(model), space, history, SIZES_BY_CELL, peers, settings, n_startup=N_STARTUP)
         assert priors.first_points and priors.narrowed == (narrow == "box"), priors.describe()
+        assert (priors.startup_prior is not None) == (narrow == "soft"), priors.describe()
         trace = search(plan_of(model, priors, config.cap, seed(name, rep)), model, target[model])
         traces[name] = [v for _, v in trace]
         first_point_hit[name] = any(v >= target[model] for _, v in trace[: len(priors.first_points)])
-        box_holds_best[name] = priors.space.contains(best_params[model]) is None
+        box_holds_best[name] = (priors.startup_prior.holds(best_params[model]) if priors.startup_prior is not None
+                                else priors.space.contains(best_params[model]) is None)
 
     traces["random"] = [v for _, v in cold(TARGET, "random", config.cap, target[TARGET], n_startup=config.cap)]
     traces["cold"] = [v for _, v in cold(TARGET, "cold", config.cap, target[TARGET])]
@@ -290,12 +312,14 @@ def repetition(args: tuple[Config, int, dict[str, float], dict[str, Any]]) -> Re
                for m in (SMALLER, LARGER)}
     transfer(TARGET, history, "transfer_box", "box")
     transfer(TARGET, history, "transfer", "none")
+    transfer(TARGET, history, "transfer_soft", "soft")
 
     # (e), (e'): the usual order of a scaling study, the new size larger than every finished one.
     traces["cold_large"] = [v for _, v in cold(LARGER, "cold", config.cap, target[LARGER])]
     below = {cell(SMALLER).id: history[cell(SMALLER).id], cell(TARGET).id: own[cell(TARGET).id]}
     transfer(LARGER, below, "extrapolate_box", "box")
     transfer(LARGER, below, "extrapolate", "none")
+    transfer(LARGER, below, "extrapolate_soft", "soft")
     return Rep(traces, max(v for _, v in previous), first_point_hit, box_holds_best,
                time.perf_counter() - started)
 
@@ -357,8 +381,8 @@ def report(config: Config, reps: list[Rep], bests: dict[str, float], best_params
         f"Trials until a cell's search comes within ε = {config.eps} of the known best validation worst-group "
         f"accuracy, {n} repetitions per strategy, cap {config.cap} trials. Each strategy is a real `CellRouter` "
         f"(hyperopt TPE) on the product's ERM space, driven without Ray. Objective: a synthetic spurious_digits "
-        f"sweep (defined in `bench/warm_start.py`): a ridge in log10 lr 0.6 decades wide whose optimum falls 0.5 "
-        f"decades per decade of parameters, AdamW's 1.6 decades below SGD's; broad in weight decay; small "
+        f"sweep (defined in `bench/warm_start.py`): a ridge in log10 lr 0.6 decades wide whose optimum falls "
+        f"{LR_SLOPE[0]:g} decades per decade of parameters, AdamW's 1.6 decades below SGD's; broad in weight decay; small "
         f"batch-size and optimizer penalties; deterministic noise ±{NOISE}. Main cell: "
         f"spurious_digits/{TARGET}/erm ({SIZES[TARGET]:,} parameters), known best {bests[TARGET]:.4f} "
         f"(sgd, batch {best['batch_size']}, lr {best['lr']:.3g}, wd {best['weight_decay']:.2g}); "
@@ -407,14 +431,17 @@ def report(config: Config, reps: list[Rep], bests: dict[str, float], best_params
         f"{config.cap} trials, so a mean with censored ones is a lower bound.",
         f"- (c): the history already held a trial within ε in {hits}/{n} repetitions. Resumed against its "
         f"control (c0), median trials (c0)/(c): {speedup(control, resumed):.2f} [90% CI "
-        f"{'–'.join(f'{v:.2f}' for v in ratio_interval(control, resumed, rng))}]; 1 = re-launching loses nothing.",
+        f"{'–'.join(f'{v:.2f}' for v in ratio_interval(control, resumed, rng))}]; 1 = re-launching loses nothing "
+        f"(goal ≥ 0.95: {'met' if speedup(control, resumed) >= 0.95 else 'MISSED'}).",
     ]
-    for name in ("transfer_box", "extrapolate_box", "transfer", "extrapolate"):
+    for name in ("transfer_box", "extrapolate_box", "transfer_soft", "extrapolate_soft", "transfer", "extrapolate"):
         held = sum(r.box_holds_best[name] for r in reps)
-        box = f"; the narrowed box contained the known best configuration in {held}/{n}"
+        region = "the narrowed box" if name.endswith("_box") else "the soft prior's bands (its high-density region)"
+        box = (f"; {region} contained the known best configuration in {held}/{n} "
+               f"(coverage goal ≥ 0.95: {'met' if held >= 0.95 * n else 'MISSED'})")
         lines.append(f"- {ROWS[name].label.split(' ', 1)[0]}: a transfer first point (a neighbour's best config) "
                      f"was itself within ε in {sum(r.first_point_hit[name] for r in reps)}/{n} repetitions"
-                     f"{box if name.endswith('_box') else ''}.")
+                     f"{box if name.endswith(('_box', '_soft')) else ''}.")
     lines += [
         "",
         "Sensitivity to ε (the same runs: a search stopped at ε has passed every looser ε): median trials "
@@ -442,7 +469,10 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=20, help="trials of each previous / neighbour run")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--slope", type=float, default=0.5,
+                        help="decades the best lr falls per decade of parameters (0: a family where it does not move)")
     args = parser.parse_args()
+    set_slope(args.slope)
     config = Config(args.reps, args.cap, args.eps, args.history)
     started = time.perf_counter()
     space = load_space("erm", objective_defaults={})
@@ -452,7 +482,7 @@ def main() -> None:
     mass = prior_mass(TARGET, bests[TARGET], config.eps, space)
     work = [(config, rep, bests, best_params) for rep in range(config.reps)]
     if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with ProcessPoolExecutor(args.jobs, initializer=set_slope, initargs=(args.slope,)) as pool:
             reps = list(pool.map(repetition, work))
     else:
         reps = [repetition(w) for w in work]

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ray.tune import Callback
 
-from trainables.metrics import BEST_PREFIX, BEST_TEST_WORST, LR, REPORTED_PREFIXES, SELECTION_METRIC
+from trainables.metrics import BEST_PREFIX, BEST_TEST_WORST, EPOCH, LR, REPORTED_PREFIXES, SELECTION_METRIC
+from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress, render
-from wgtune.tracking.records import ATTEMPTS_TAG, DIVERGED_TAG, PHASE_FINAL, PHASE_SEARCH, SEED_PARAM
+from wgtune.tracking.records import (
+    ATTEMPTS_TAG,
+    DIVERGED_TAG,
+    PHASE_FINAL,
+    PHASE_SEARCH,
+    SEED_PARAM,
+    STOPPED_TAG,
+    config_params,
+)
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -39,6 +48,8 @@ class Session:
     rows: dict[str, CellProgress]
     print_line: Callable[[str], None]
     every_s: float
+    cells: Mapping[str, PlannedCell] = field(default_factory=dict)
+    """The planned cells, by id: a trial's whole config is logged from its cell's (`trial_config`)."""
 
 
 SESSIONS: dict[str, Session] = {}
@@ -83,6 +94,9 @@ class TrackingCallback(_SessionCallback):
         """The trial's run: created, or (a restored or retried trial) reopened as RUNNING."""
         config = trial.config
         params = {**config["params"], **({SEED_PARAM: config[SEED_PARAM]} if SEED_PARAM in config else {})}
+        planned = self.session.cells.get(config["cell"])
+        if planned is not None:  # the whole resolved config, so a later launch can tell what it was trained under
+            params.update(config_params(trial_config(planned, config["params"], config.get(SEED_PARAM))))
         self.runs[trial.trial_id] = self.tracker.start_trial(
             config["cell"], trial.trial_id, params, config["proposal"], phase=config.get("phase", PHASE_SEARCH)
         )
@@ -107,7 +121,13 @@ class TrackingCallback(_SessionCallback):
                                    tags={**_attempts(trial, 1), DIVERGED_TAG: "true"})
             return
         summary = {k: v for k, v in result.items() if k.startswith(BEST_PREFIX)}
-        self.tracker.end_trial(self._run(trial), "FINISHED", summary=summary, tags=_attempts(trial, 1))
+        tags = _attempts(trial, 1)
+        planned = self.session.cells.get(trial.config["cell"])
+        epochs = trial_config(planned, trial.config["params"]).get("epochs") if planned is not None else None
+        if trial.config.get("phase") != PHASE_FINAL and epochs is not None and EPOCH in result \
+                and int(result[EPOCH]) < int(epochs):
+            tags[STOPPED_TAG] = "true"  # by the scheduler: its value is its best so far
+        self.tracker.end_trial(self._run(trial), "FINISHED", summary=summary, tags=tags)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         # The run waits FAILED with this attempt's error; on_trial_start reopens it RUNNING when

@@ -25,6 +25,7 @@ from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress
 from wgtune.search.router import CellRouter, SearchPlan
 from wgtune.search.scheduler import make_scheduler
+from wgtune.spec.grid import derive_seed
 from wgtune.tracking.records import SEED_PARAM
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def run_experiment(
     init_ray(settings.address)
     progress = {c.cell.id: CellProgress(c.cell.label, c.budget) for c in cells}
     key = _join(settings.storage, settings.name)
-    SESSIONS[key] = Session(tracker, progress, print_line, settings.progress_every_s)
+    SESSIONS[key] = Session(tracker, progress, print_line, settings.progress_every_s, by_id)
     # A failed attempt is one [retrying]/[failed] line here and its traceback in the run's
     # error.txt; Tune would also print every traceback, dozens of lines each, among ours.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
@@ -119,7 +120,8 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(router, max_concurrent=settings.max_concurrent),
-            scheduler=make_scheduler(settings.scheduler, settings.grace_period, settings.epochs),
+            scheduler=make_scheduler(settings.scheduler, settings.grace_period, settings.epochs,
+                                     history={c.cell.id: c.priors.curves for c in cells if c.priors}),
             # No count: a trial that fails for good gets a replacement, so the router alone knows
             # when the work is done, and says so with FINISHED.
             num_samples=-1,
@@ -137,8 +139,11 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
 
 
 def search_plan(cell: PlannedCell, n_startup: int) -> SearchPlan:
-    """The router's view of a cell: its (possibly narrowed) space, budget and priors."""
+    """The router's view of a cell: its (possibly narrowed) space, budget and priors. Its draws
+    are seeded from the cell and every run of its history, so a new experiment of a cell that has
+    history does not replay the draws of the one before (issue 13, defect 3)."""
     priors = cell.priors
+    history = priors.history_runs if priors else ()
     return SearchPlan(
         cell.cell.id,
         (priors.space if priors else cell.space).to_hyperopt(),
@@ -147,6 +152,8 @@ def search_plan(cell: PlannedCell, n_startup: int) -> SearchPlan:
         n_startup,
         observations=priors.observations if priors else (),
         first_points=priors.first_points if priors else (),
+        draw_seed=derive_seed(cell.seed, *history) if history else None,
+        prior=priors.startup_prior if priors else None,
     )
 
 

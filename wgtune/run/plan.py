@@ -6,13 +6,14 @@ the driver.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from wgtune.search.budget import CellBudget
 from wgtune.search.priors import CellPriors
 from wgtune.spec.grid import Cell, Grid, ResourceSpec
 from wgtune.spec.spaces import SearchSpace, load_space
+from wgtune.tracking.records import config_params, logged_config
 from wgtune.tracking.summary import CellSummary
 
 
@@ -39,9 +40,14 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> 
             grid.space_overrides(cell),
             override_source=f"{grid.path}: search_space",
         )
-        plans.append(PlannedCell(cell=cell, space=space, base_config=base_config(grid, cell),
-                                 resources=grid.resources(cell), budget=cell_budget(grid, history.get(cell.id)),
-                                 seed=cell.seed(grid.spec.search.seed)))
+        planned = PlannedCell(cell=cell, space=space, base_config=base_config(grid, cell),
+                              resources=grid.resources(cell), budget=cell_budget(grid, None),
+                              seed=cell.seed(grid.spec.search.seed))
+        summary = history.get(cell.id)
+        # Runs trained under other fixed settings (the grid changed them since) are not this cell's
+        # work: they neither count against its budget nor inform its search (search/priors.py).
+        trained = summary.trained_as(fixed_settings(planned), space.searched_keys()) if summary else None
+        plans.append(replace(planned, budget=cell_budget(grid, trained)))
     return plans
 
 
@@ -86,3 +92,15 @@ def trial_config(plan: PlannedCell, params: dict[str, Any], seed: int | None = N
     if seed is not None:
         config["seed"] = seed
     return config
+
+
+def fixed_settings(plan: PlannedCell) -> dict[str, str]:
+    """The cell's trial settings that no trial searches, flattened as a trial logs its config
+    (`records.config_params`, read back by `records.logged_config`): what a history run must match."""
+    config = dict(plan.base_config)
+    options = dict(config.get("objective_options", {}))
+    for d in plan.space.dims:
+        if d.kind == "fixed":
+            (options if d.target == "objective_options" else config)[d.name] = d.args[0]
+    config["objective_options"] = options
+    return logged_config(config_params(config)) or {}

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from wgtune.run.plan import PlannedCell, plan_cells
+from wgtune.run.plan import PlannedCell, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, render
-from wgtune.search.priors import cell_priors
+from wgtune.search.priors import CellPriors, cell_priors
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid, expand_study_dir
 from wgtune.tracking.records import CellRecord
@@ -31,6 +31,7 @@ from wgtune.tracking.store import (
     resolve_tracking_uri,
     sqlite_path,
 )
+from wgtune.tracking.summary import CellSummary
 from wgtune.tracking.tracker import StudyTracker
 
 Print = Callable[[str], None]
@@ -181,15 +182,11 @@ def _unlogged(grid: Grid, tracker: StudyTracker, uri: str) -> UserError:
 
 
 def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[PlannedCell]:
-    """Close what a dead driver left RUNNING, then plan every cell from MLflow and record its priors."""
+    """Close what a dead driver left RUNNING, then plan every cell from MLflow."""
     closed = tracker.close_orphans()
     if closed:
         print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
-    cells = prepare(grid, tracker)
-    for planned in cells:
-        if planned.budget.has_work and planned.priors is not None:
-            tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
-    return cells
+    return prepare(grid, tracker)
 
 
 def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment: Experiment,
@@ -199,11 +196,24 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
 
     if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
         tracker.clear_failing(c.cell.id for c in cells if c.budget.has_work)
+    record_priors(tracker, cells, experiment.restore)
     settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
                                     address=options.address, progress_every_s=options.progress_every_s)
     experiment.begin()
     run_experiment(cells, tracker, settings, print_line, trial_fn)
     experiment.complete()
+
+
+def record_priors(tracker: StudyTracker, cells: list[PlannedCell], restore: bool) -> int:
+    """Log each cell's `priors.json` from the plans a new experiment's router is built from; returns how
+    many. A restored experiment's router comes back from Tune's state, so the priors.json of the launch
+    that made it stays, true (issue 13, defect 8: a restore wrote fresh priors its router never used)."""
+    if restore:
+        return 0
+    chosen = [c for c in cells if c.budget.has_work and c.priors is not None]
+    for planned in chosen:
+        tracker.log_cell_json(planned.cell.id, "priors.json", planned.priors.describe())
+    return len(chosen)
 
 
 def check_data(grid: Grid) -> None:
@@ -227,13 +237,26 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[Pl
     records = {c.cell.id: cell_record(c) for c in cells}
     n_params = {cell_id: record.n_params for cell_id, record in records.items()}
     peers = [c.cell for c in cells]
+    settings_of = {c.cell.id: fixed_settings(c) for c in cells}
     planned = []
     for c in cells:
-        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors)
+        priors = cell_priors(c.cell, c.space, summaries, n_params, peers, grid.spec.priors, settings_of,
+                             n_startup=grid.spec.search.n_startup)
+        if grid.spec.search.scheduler == "asha" and c.budget.search_left:
+            priors = replace(priors, curves=_curves(tracker, priors, summaries.get(c.cell.id)))
         planned.append(replace(c, priors=priors))
         if register:
             tracker.cell_run(records[c.cell.id])
     return planned
+
+
+def _curves(tracker: StudyTracker, priors: CellPriors, summary: CellSummary | None) -> dict[str, tuple]:
+    """The early-stopping metric by epoch of the cell's observed, scored trials: ASHA's rungs in a new
+    experiment start from them (`search.scheduler.CellASHA`)."""
+    from trainables.metrics import STEP_METRIC
+
+    scored = {o.run_id for o in (summary.observations if summary else ()) if not o.failed}
+    return tracker.metric_histories([r for r in priors.observed_runs if r in scored], STEP_METRIC)
 
 
 def priors_report(grid: Grid, tracking_uri: str | None = None, cell_filter: str | None = None) -> str:

@@ -6,7 +6,7 @@ differ in difficulty, and a scheduler that pooled them would starve the hard one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
@@ -16,21 +16,37 @@ from wgtune.tracking.records import PHASE_FINAL
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-def make_scheduler(name: str, grace_period: int, max_t: int) -> FIFOScheduler:
-    """The experiment's trial scheduler: per-cell ASHA, or first-in-first-out (no early stopping)."""
+Curves = Mapping[str, Sequence[tuple[int, float]]]
+"""A cell's earlier trials' early-stopping metric by epoch: run id -> ((epoch, value), ...)."""
+
+
+def make_scheduler(name: str, grace_period: int, max_t: int, history: Mapping[str, Curves] | None = None
+                   ) -> FIFOScheduler:
+    """The experiment's trial scheduler: per-cell ASHA, its rungs seeded with each cell's `history`
+    (per cell id), or first-in-first-out (no early stopping)."""
     if name == "asha":
-        return CellASHA(grace_period=grace_period, max_t=max_t)
+        return CellASHA(grace_period=grace_period, max_t=max_t, history=history)
     return FIFOScheduler()
 
 
 class CellASHA(FIFOScheduler):
     """Asynchronous successive halving within each cell: a trial's rung competitors are trials
-    of its own cell only, since cells differ in difficulty and pooling them would starve the hard ones."""
+    of its own cell only, since cells differ in difficulty and pooling them would starve the hard ones.
 
-    def __init__(self, grace_period: int, max_t: int, reduction_factor: float = 3) -> None:
+    A new experiment's rungs start from the cell's history (issue 13, defect 7): every earlier
+    trial's metric at each rung's milestone, read from MLflow's per-epoch history, is recorded in
+    the rung as the trial recorded it when it passed (Ray's `_Bracket.on_result` records a trial's
+    value at the first rung milestone it reaches, in each rung once). So early stopping on a
+    relaunch compares new trials with the ones already run, as an uninterrupted launch would.
+    A restored experiment brings its rungs back with Tune's state and is not seeded.
+    """
+
+    def __init__(self, grace_period: int, max_t: int, reduction_factor: float = 3,
+                 history: Mapping[str, Curves] | None = None) -> None:
         super().__init__()
         self._options = {"grace_period": min(grace_period, max_t), "max_t": max_t, "reduction_factor": reduction_factor}
         self._cells: dict[str, AsyncHyperBandScheduler] = {}
+        self._history = {cell: dict(curves) for cell, curves in (history or {}).items()}
         # Final-seed re-trainings of a chosen config run to the end: a seed stopped at a rung
         # would report a one-epoch test accuracy into the mean over seeds (docs/design.md, decision 7).
         self._final = FIFOScheduler()
@@ -43,6 +59,7 @@ class CellASHA(FIFOScheduler):
             self._cells[cell] = AsyncHyperBandScheduler(
                 time_attr="training_iteration", metric=STEP_METRIC, mode="max", **self._options
             )
+            seed_rungs(self._cells[cell], self._history.pop(cell, {}))
         return self._cells[cell]
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -62,3 +79,24 @@ class CellASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"per-cell ASHA over {len(self._cells)} cells"
+
+
+def seed_rungs(asha: AsyncHyperBandScheduler, curves: Curves) -> int:
+    """Record earlier trials in `asha`'s rungs, as if they had just run (mode max); returns how many
+    rung entries were made.
+
+    Reads Ray's bracket bookkeeping (ray/tune/schedulers/async_hyperband.py, `_Bracket._rungs`:
+    a list of (milestone, {trial id: metric x mode sign}), highest milestone first), which has no
+    public setter: a trial that reached a milestone enters that rung with its metric at the first
+    epoch at or after it, under a key no live trial has. A trial that stopped before a milestone
+    is not in that rung, as when it ran.
+    """
+    made = 0
+    for bracket in asha._brackets:
+        for milestone, recorded in bracket._rungs:
+            for run_id, points in curves.items():
+                reached = [value for epoch, value in sorted(points) if epoch >= milestone]
+                if reached:
+                    recorded[f"history:{run_id}"] = reached[0]  # mode max: Ray's sign is +1
+                    made += 1
+    return made

@@ -69,12 +69,16 @@ class ObjectiveSettings(_Strict):
 
 
 class PriorSettings(_Strict):
-    """Where a cell's TPE starts from (see wgtune/priors.py)."""
+    """Where a cell's TPE starts from (see wgtune/search/priors.py)."""
 
     transfer: Literal["neighbours", "none"] = "neighbours"
-    narrow: Literal["box", "none"] = "none"
-    top_k: int = Field(3, ge=1)
-    margin: float = Field(0.1, ge=0)
+    narrow: Literal["box", "soft", "none"] = Field("none", description=(
+        "box: TPE searches a box around the neighbours' top trials; soft: the random start-up draws from "
+        "a size-aware prior that keeps mass on the whole space (search/soft_prior.py); none: the whole space"))
+    neighbours: int = Field(2, ge=1, description="nearest cells in log size whose history informs a cell")
+    top_k: int = Field(3, ge=1, description="best trials of each neighbour that span the box")
+    margin: float = Field(0.1, ge=0, description="box: widened by this fraction of each original range")
+    across_families: bool = Field(False, description="neighbours may be of another model family")
 
 
 class TrainSettings(_Strict):
@@ -156,8 +160,15 @@ class Cell:
 
     def seed(self, study_seed: int) -> int:
         """A seed derived from what identifies the cell, stable across launches and machines."""
-        digest = hashlib.sha256(f"{study_seed}:{self.id}".encode()).digest()
-        return int.from_bytes(digest[:4], "big")
+        return derive_seed(study_seed, self.id)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 32-bit seed from what identifies a draw (DomainBed's `hparams_registry` seeds each draw
+    from a hash of what names it): the same parts give the same seed on every machine, and any
+    change of part (a cell's history, a trial's number) gives an unrelated one."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,10 @@ class SearchSpace:
         """The dimensions TPE searches (all but the fixed ones)."""
         return tuple(d for d in self.dims if d.kind != "fixed")
 
+    def searched_keys(self) -> frozenset[str]:
+        """The searched dims as keys of a flattened trial config (objective options as `objective_options.<name>`)."""
+        return frozenset(d.name if d.target == "config" else f"{d.target}.{d.name}" for d in self.searched())
+
     def fixed(self) -> dict[str, Any]:
         """Fixed hyperparameters, name -> value."""
         return {d.name: d.args[0] for d in self.dims if d.kind == "fixed"}
@@ -159,19 +163,27 @@ class SearchSpace:
         reasons = (_dim_reason(by_name[k], v) for k, v in params.items())
         return self._keys_reason(params) or next((r for r in reasons if r), None)
 
-    def narrow(self, points: Sequence[Mapping[str, Any]], margin: float = 0.1) -> SearchSpace:
-        """The bounding box of `points`, widened by `margin` x each original range, clipped to the original.
+    def narrow(self, points: Sequence[Mapping[str, Any]], margin: float = 0.1,
+               keep: Sequence[Mapping[str, Any]] = ()) -> SearchSpace:
+        """The bounding box of `points`, widened by `margin` x each original range, then stretched
+        (with no margin) to hold every point of `keep`; clipped to the original.
 
         After Perrone et al. 2019, "Learning search spaces for Bayesian optimization". The box is
         taken in each dimension's own scale (log for log dims); quantized bounds snap outward to
-        multiples of q; choices keep the options the points use. A normal dimension becomes a
-        uniform box, its range taken as mu ± 2 sigma (it has no bounds to clip to). A box of zero
-        width (margin 0, one distinct value) becomes fixed. Fixed dims, and dims absent from
-        every point, are kept.
+        multiples of q. A normal dimension becomes a uniform box, its range taken as mu ± 2 sigma
+        (it has no bounds to clip to). Fixed dims, and dims absent from every point, are kept.
+
+        Deliberate departures from a hard cut (issue 13, defects 2, 5, 6): choices keep every
+        option (a box has no sides along a choice; dropping options would exclude them for good);
+        a box is never narrower than `MIN_BOX` of the original range, so `margin: 0` around one
+        point leaves a small box instead of a point hyperopt cannot sample (``low should be less
+        than high``) or a dimension collapsed out of the trial config; `keep` (a cell's own
+        trials) is held without a margin, so a box rebuilt on every relaunch from the same
+        neighbours does not creep outward by one margin per launch.
         """
         if margin < 0 or not points:
             raise SpaceError(f"narrow: needs margin >= 0 and at least one point, got {margin}, {len(points)}")
-        for i, point in enumerate(points):
+        for i, point in enumerate([*points, *keep]):
             for d in self.searched():
                 reason = _dim_reason(d, point[d.name]) if d.name in point else None
                 if reason:
@@ -179,7 +191,8 @@ class SearchSpace:
         dims = []
         for d in self.dims:
             values = [p[d.name] for p in points if d.name in p]
-            dims.append(d if d.kind == "fixed" or not values else _narrow_dim(d, values, margin))
+            kept = [p[d.name] for p in keep if d.name in p]
+            dims.append(d if d.kind in ("fixed", "choice") or not values else _narrow_dim(d, values, margin, kept))
         return SearchSpace(tuple(dims))
 
     def describe(self) -> list[str]:
@@ -398,25 +411,37 @@ def _dim_reason(d: Dimension, value: Any) -> str | None:
     return None if low - tol <= value <= high + tol else f"{d.name}: {value!r} lies outside [{_fmt(low)}, {_fmt(high)}]"
 
 
-def _narrow_dim(d: Dimension, values: list[Any], margin: float) -> Dimension:
+MIN_BOX = 0.05
+"""The narrowest a narrowed dimension gets, as a fraction of its original range (in its own scale)."""
+
+
+def _narrow_dim(d: Dimension, values: list[Any], margin: float, keep: Sequence[Any] = ()) -> Dimension:
     source = f"{d.source} (narrowed around {len(values)} points)"
-    if d.kind == "choice":
-        return replace(d, args=tuple(o for o in d.args if any(_same(o, v) for v in values)), source=source)
     vmin, vmax = min(values), max(values)
-    if d.kind == "normal":
-        lo0, hi0, kind, width = -math.inf, math.inf, "uniform", margin * 4 * d.args[1]
-        low, high = vmin - width, vmax + width
+    if d.kind == "normal":  # no bounds to clip to; its range is taken as mu ± 2 sigma
+        lo0, hi0, kind, span = -math.inf, math.inf, "uniform", 4 * d.args[1]
     else:
         lo0, hi0, kind = d.args[0], d.args[1], d.kind
-        f, g = (math.log, math.exp) if kind in _LOG else (float, float)
-        width = margin * (f(hi0) - f(lo0))
-        low, high = g(f(vmin) - width), g(f(vmax) + width)
-    low, high = max(lo0, min(low, vmin)), min(hi0, max(high, vmax))  # exp(log(x)) may miss x by an ulp
+    f, g = (math.log, math.exp) if kind in _LOG else (float, float)
+    if d.kind != "normal":
+        span = f(hi0) - f(lo0)
+    low, high = f(vmin) - margin * span, f(vmax) + margin * span
+    if keep:
+        low, high = min(low, f(min(keep))), max(high, f(max(keep)))
+    short = MIN_BOX * span - (high - low)
+    if short > 0:  # widen a box too narrow to sample about its centre, within the original range
+        low, high = low - short / 2, high + short / 2
+        low, high = (f(lo0), f(lo0) + MIN_BOX * span) if low < f(lo0) else (low, high)
+        low, high = (f(hi0) - MIN_BOX * span, f(hi0)) if high > f(hi0) else (low, high)
+    low, high = max(lo0, g(low)), min(hi0, g(high))
+    low, high = min(low, vmin, *keep), max(high, vmax, *keep)  # exp(log(x)) may miss x by an ulp
     if kind in _Q:
         q = d.args[2]
         low, high = max(lo0, math.floor(low / q) * q), min(hi0, math.ceil(high / q) * q)
-    if low >= high:
-        return replace(d, kind="fixed", args=(_as_dimension_type(d, vmin),), source=source)
+        if low >= high:  # the range holds one multiple of q here: take the next one too
+            low, high = (low, low + q) if low + q <= hi0 else (high - q, high)
+    if low >= high:  # the original range itself is one value: nothing to narrow
+        return d
     if d.integer:
         return replace(d, args=(int(low), int(high), d.args[2]), source=source)
     return replace(d, kind=kind, args=(float(low), float(high), *d.args[2:]), source=source)

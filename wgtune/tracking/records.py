@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -32,15 +33,29 @@ KIND_TAG, CELL_TAG, TRIAL_ID_TAG, ERROR_TAG = tag("kind"), tag("cell"), tag("tri
 """`kind`: what a run is (`KIND_STUDY`, `KIND_CELL`, `KIND_TRIAL`); `cell`: its cell id; `trial_id`: Tune's
 id of a trial run; `error`: a failed attempt's error (the whole text is the run's `error.txt`)."""
 PROPOSAL_TAG, PHASE_TAG, ATTEMPTS_TAG = tag("proposal"), tag("phase"), tag("attempts")
-"""How a trial's configuration was proposed (`transfer`, `random`, `tpe`, `final`), its phase
+"""How a trial's configuration was proposed (`transfer`, `random`, `prior` (a start-up draw from a
+size-aware prior), `tpe`, `final`), its phase
 (`PHASE_SEARCH` or `PHASE_FINAL`), and how many attempts it took (retries from checkpoints)."""
 DIVERGED_TAG = tag("diverged")  # on a FAILED trial run whose loss diverged: a failed configuration, not a fault
 FAILING_TAG = tag("failing")  # on a cell run the last launch gave up on (too many failed trials)
 KIND_STUDY, KIND_CELL, KIND_TRIAL = "study", "cell", "trial"
 PHASE_SEARCH, PHASE_FINAL = "search", "final"
 """A search trial informs its cell's TPE; a final trial re-trains the chosen config on a fresh seed."""
+STOPPED_TAG = tag("stopped_early")
+"""On a FINISHED search trial that the scheduler (ASHA) stopped before its last epoch: its value is
+its best so far, and it is no candidate for a neighbour's transfer points (see `summary.Observation`)."""
 SEED_PARAM = "seed"
-"""The param a final trial logs its seed under (search trials log only their searched values)."""
+"""The param a trial logs its training seed under (every search trial has its own, and every final seed)."""
+CONFIG_PREFIX = "config."
+"""Every trial logs its whole resolved trial config as params under this prefix (`config_params`):
+what the history of a cell is checked against before it informs a search (issue 13, defect 1)."""
+UNCOMPARED_SETTINGS = frozenset({"data_root", "num_workers", "model", SEED_PARAM, "device", "cache", "eval_test",
+                                 "compile"})
+"""Config keys that do not make two trials' results incomparable: where the data lie, how many
+loader processes read them (the order is seeded), the model (a neighbour's differs by design; a
+cell's own is its id), the seed (every trial has its own), the device it ran on, whether images
+came from the decoded cache (the same pixels, tested), when test was evaluated (selection reads
+validation only), and whether the model was compiled (the same function)."""
 PARENT_RUN_TAG, RUN_NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_STATUSES = ("RUNNING", "SCHEDULED", *END_STATUSES)
@@ -184,6 +199,7 @@ class TrialRecord:
     end_time_ms: int | None
     error: str | None
     diverged: bool = False
+    stopped_early: bool = False
 
 
 def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -208,6 +224,42 @@ def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
+def config_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """A trial's resolved config as MLflow params, `config.<key>` (nested options as
+    `config.objective_options.<name>`), less its seed, which has its own param (`SEED_PARAM`)."""
+    return loggable_params({CONFIG_PREFIX.rstrip("."): {k: v for k, v in config.items() if k != SEED_PARAM}})
+
+
+def logged_config(params: Mapping[str, str]) -> dict[str, str] | None:
+    """The config a trial run logged (`config_params` read back, keys without the prefix); None for a
+    run from before configs were logged."""
+    found = {k[len(CONFIG_PREFIX):]: v for k, v in params.items() if k.startswith(CONFIG_PREFIX)}
+    return found or None
+
+
+@functools.lru_cache(maxsize=1)
+def default_settings() -> dict[str, str]:
+    """Every trial setting's default, flattened and stringified as `config_params` logs it."""
+    from trainables.config import TrialConfig
+
+    return {k[len(CONFIG_PREFIX):]: v for k, v in config_params(TrialConfig().as_dict()).items()}
+
+
+def settings_mismatch(expected: Mapping[str, str], logged: Mapping[str, str], free: frozenset[str] | set[str]
+                      ) -> str | None:
+    """Why a run's logged config (`logged_config`) was trained under other settings than `expected`
+    (the same flattening), or None. Keys in `free` (the searched ones) and `UNCOMPARED_SETTINGS` may differ."""
+    ignored = set(free) | UNCOMPARED_SETTINGS
+    defaults = default_settings()
+    differing = []
+    for key in sorted((set(expected) | set(logged)) - ignored):
+        # A setting a run predates (not logged then) trained at its default, which it had before it existed.
+        here, there = expected.get(key, defaults.get(key)), logged.get(key, defaults.get(key))
+        if here != there:
+            differing.append(f"{key}: {'unset' if there is None else there} there, {'unset' if here is None else here} here")
+    return "; ".join(differing) or None
+
+
 def looks_secret(name: str, value: str) -> bool:
     """A credential by its name (`db_password`, `hf_token`, `api_key`; not `max_tokens`) or its shape."""
     lowered = name.lower()
@@ -224,7 +276,7 @@ def trial_record(run: Run) -> TrialRecord:
         proposal=tags.get(PROPOSAL_TAG, ""), phase=tags.get(PHASE_TAG, ""),
         params=dict(run.data.params), metrics=dict(run.data.metrics),
         start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, error=tags.get(ERROR_TAG),
-        diverged=tags.get(DIVERGED_TAG) == "true")
+        diverged=tags.get(DIVERGED_TAG) == "true", stopped_early=tags.get(STOPPED_TAG) == "true")
 
 
 def metric_rows(run_id: str, metrics: Mapping[str, Any], step: int) -> list[tuple[str, float, int, int]]:

@@ -297,6 +297,21 @@ class StudyTracker:
         runs = self._call(lambda c: self._search(c, query, order_by=["attributes.start_time ASC"]))
         return [trial_record(run) for run in runs]
 
+    def metric_histories(self, run_ids: Iterable[str], key: str) -> dict[str, tuple[tuple[int, float], ...]]:
+        """Per run, every (step, value) it logged of metric `key`, by step (runs without any are left out)."""
+        run_ids = list(run_ids)
+
+        def read(client: MlflowClient) -> dict[str, tuple[tuple[int, float], ...]]:
+            found = {}
+            for run_id in run_ids:
+                points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+                if points:
+                    found[run_id] = tuple(points)
+            return found
+
+        self.flush()
+        return self._call(read) if run_ids else {}
+
     def cell_summaries(self, metric: str = SELECTION_METRIC, mode: str = "max") -> dict[str, CellSummary]:
         """Per cell, what MLflow holds of it (`summary.summarise`), after writing what is queued."""
         trials = self.trial_runs()

@@ -54,3 +54,52 @@ def test_status_counts_a_diverged_final_seed_as_done_and_as_failed(tmp_path: Pat
 
     assert (row.final, row.budget.final, row.failed) == (1, 3, 0), "failed counts search trials only"
     assert replanned.budget.final_left == 2
+
+
+def test_runs_trained_under_other_fixed_settings_do_not_count_against_the_budget(tmp_path: Path) -> None:
+    """Guards issue 13, defect 1: after the grid changed a fixed setting (here epochs 2 -> 1), the old
+    runs still counted as the cell's finished trials, so nothing ran under the new settings."""
+    from wgtune.run.plan import fixed_settings
+    from wgtune.tracking.records import config_params
+    from wgtune.tracking.summary import Observation
+
+    (tmp_path / "grid.yaml").write_text(GRID)
+    grid = load_grid(tmp_path / "grid.yaml")
+    [fresh] = plan_cells(grid)
+    now = fixed_settings(fresh)
+    assert now["epochs"] == "1" and now["schedule"] == "cosine" and "lr" not in now
+
+    def run(name: str, **changed: str) -> Observation:
+        params = {"lr": "0.01", **config_params({**now, **changed, "lr": 0.01})}
+        return Observation(name, name, params, 0.5)
+
+    old = [run("old1", epochs="2"), run("old2", epochs="2")]
+    history = {fresh.cell.id: CellSummary(fresh.cell.id, "p", finished=3, observations=(*old, run("same")))}
+    [planned] = plan_cells(grid, history)
+
+    assert planned.budget.search_done == 1 and planned.budget.search_left == 3
+
+
+def test_priors_json_is_written_by_a_new_experiment_and_never_by_a_restore(tmp_path: Path) -> None:
+    """Guards issue 13, defect 8: a restored launch wrote a fresh priors.json, planned anew from MLflow,
+    while its router came back from Tune's state with the priors of the launch that made it."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from wgtune.run.study import prepare, record_priors
+    from wgtune.tracking.tracker import StudyTracker
+
+    (tmp_path / "grid.yaml").write_text(GRID)
+    grid = load_grid(tmp_path / "grid.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with StudyTracker(uri, "plan") as tracker:
+        cells = prepare(grid, tracker)
+        assert record_priors(tracker, cells, restore=True) == 0
+        tracker.flush()
+        parent = tracker.cell_summaries()[cells[0].cell.id].parent_run_id
+        assert MlflowClient(uri).list_artifacts(parent) == []
+        assert record_priors(tracker, cells, restore=False) == 1
+        tracker.flush()
+    saved = MlflowClient(uri).download_artifacts(parent, "priors.json", str(tmp_path))
+    assert json.loads(Path(saved).read_text()) == json.loads(json.dumps(cells[0].priors.describe(), default=str))

@@ -172,7 +172,9 @@ def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp
         chosen = max(sorted(search, key=lambda r: r.info.start_time), key=lambda r: r.data.metrics["best/val_worst_acc"])
         for run in final:
             assert run.data.tags["wgtune.proposal"] == "final"
-            assert {k: v for k, v in run.data.params.items() if k != "seed"} == chosen.data.params
+            # Every trial has its own training seed (issue 13, defect 3); the rest is the chosen config.
+            assert {k: v for k, v in run.data.params.items() if k != "seed"} == \
+                {k: v for k, v in chosen.data.params.items() if k != "seed"}
         assert len({r.data.params["seed"] for r in final}) == 2
         row = table[(table["model"] == cell.model) & (table["objective"] == cell.objective)].iloc[0]
         worst = [r.data.metrics["best/test_worst_acc"] for r in final]
@@ -184,3 +186,48 @@ def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp
                                     "tags.`wgtune.kind` = 'study'")
     logged = [a.path for a in client.list_artifacts(study_runs[0].info.run_id, "report")]
     assert "report/cells.md" in logged and "report/accuracy_vs_size.png" in logged
+
+
+RELAUNCH_GRID = """
+study: e2e
+study_dir: study
+datasets: [spurious_digits]
+models: {{resnet: [10x0.25]}}
+objectives: [erm]
+epochs: 2
+final_seeds: 0
+search: {{num_samples: {n}, max_concurrent: 2, n_startup: 5}}
+resources: {{cpu: 1}}
+train: {{image_size: 16}}
+"""
+
+
+def test_a_relaunch_after_deleting_the_tune_state_never_re_runs_a_configuration_in_mlflow(tmp_path, ray_local):
+    """Guards issue 13, defects 3 and 1: a new (not restored) experiment restarted each cell's RNG from
+    the same seed, so its random draws replayed the last launch's, and every search trial trained on
+    the cell's one seed; and trials logged only their searched values. Here Tune's state is deleted
+    between launches: every configuration and every training seed of the cell is new, each trial
+    logs its whole resolved config, and the cell's priors.json is the one its router started from."""
+    import shutil
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(RELAUNCH_GRID.format(n=2)))
+    launch(load_grid(path), LaunchOptions(progress_every_s=3600), lambda _: None)
+    shutil.rmtree(tmp_path / "study" / "ray")
+    (tmp_path / "study" / "last_launch.json").unlink()
+    path.write_text(textwrap.dedent(RELAUNCH_GRID.format(n=4)))
+    launch(load_grid(path), LaunchOptions(progress_every_s=3600), lambda _: None)
+
+    client, grid, [parent], children = runs_of(path)
+    [cell] = grid.cells()
+    space = _space_of(grid, cell)
+    configs = [tuple(sorted(parse_params(space, c.data.params).items())) for c in children]
+    assert len(children) == 4 and len(set(configs)) == 4, "no configuration ran twice"
+    assert len({c.data.params["seed"] for c in children}) == 4, "every search trial trains on its own seed"
+    for child in children:
+        params = child.data.params
+        assert params["config.epochs"] == "2" and params["config.image_size"] == "16"
+        assert params["config.momentum"] == "0.9" and params["config.schedule"] == "cosine"
+        assert params["config.objective"] == "erm" and params["config.lr"] == params["lr"]
+    saved = json.loads(Path(client.download_artifacts(parent.info.run_id, "priors.json", str(tmp_path))).read_text())
+    assert saved["observations"] == 2 and saved["skipped"] == [] and saved["unverified_runs"] == []

@@ -220,7 +220,7 @@ def test_the_next_launch_starts_tpe_knowing_the_diverged_configuration(study: St
     losses = dict(zip(dro.priors.observed_runs, (loss for _, loss in dro.priors.observations)))
     assert losses[run.info.run_id] is None, "a failure to TPE, ranked below every loss"
     assert sum(loss is not None for loss in losses.values()) == 2, "and the two finished trials"
-    assert dro.priors.describe()["diverged_observations"] == 1, "priors.json says so"
+    assert dro.priors.describe()["failed_observations"] == 1, "priors.json says so"
 
 
 def test_every_cell_ends_with_exactly_its_budget_of_finished_trials(study: Study) -> None:

@@ -457,3 +457,89 @@ def test_tuner_runs_every_cell_budget_and_overlaps_cells(ray_cluster: Any, tmp_p
         c: (b, b) for c, b in budgets.items()
     }
     assert restored.progress() == router.progress()  # Tune drove the very object we passed
+
+
+def _relaunch_plan(first: CellRouter, budget: int, **kw: Any) -> SearchPlan:
+    """Launch 2's plan of cell "a": launch 1's finished trials as observations, the same cell seed."""
+    docs = first.hyperopt_trials("a").trials
+    space = {"lr": hp.loguniform("lr", math.log(1e-5), 0.0), "x": hp.uniform("x", 0.0, 1.0)}
+    observations = tuple(({k: v[0] for k, v in d["misc"]["vals"].items()}, d["result"]["loss"]) for d in docs)
+    return SearchPlan("a", space, CellBudget(budget), 11, n_startup=5, observations=observations, **kw)
+
+
+def _launch_one(budget: int) -> tuple[CellRouter, list[dict[str, Any]]]:
+    space = {"lr": hp.loguniform("lr", math.log(1e-5), 0.0), "x": hp.uniform("x", 0.0, 1.0)}
+    router = CellRouter([SearchPlan("a", space, CellBudget(budget), 11, n_startup=5)], metric="score", mode="min")
+    out = []
+    for i in range(budget):
+        s = router.suggest(f"l1-{i}")
+        router.on_trial_complete(f"l1-{i}", {"score": _loss({**s["params"], "opt": "sgd"})})
+        out.append(s)
+    return router, out
+
+
+def test_a_new_experiment_never_re_runs_a_configuration_its_history_holds() -> None:
+    """Guards issue 13, defect 3: each cell's RNG restarted from the same seed in a new (not restored)
+    experiment, so launch 2's random draws equalled launch 1's: identical wasted trials and duplicate
+    observations. Even with the very same seed, a draw that repeats a tried configuration is drawn again."""
+    first, launched = _launch_one(3)
+    again = CellRouter([_relaunch_plan(first, 3)], metric="score", mode="min")
+    tried = {(s["params"]["lr"], s["params"]["x"]) for s in launched}
+    for i in range(3):
+        s = again.suggest(f"l2-{i}")
+        assert (s["params"]["lr"], s["params"]["x"]) not in tried
+        tried.add((s["params"]["lr"], s["params"]["x"]))
+        again.on_trial_complete(f"l2-{i}", {"score": 1.0})
+
+
+def test_a_new_experiment_seeded_from_its_history_draws_anew_and_every_search_trial_trains_on_its_own_seed() -> None:
+    """Guards issue 13, defect 3: the draw seed derives from the cell and the history it starts from,
+    so launch 2's draws are not launch 1's shifted; and every search trial trains with its own seed
+    (all of a cell's search trials trained with the cell's one seed)."""
+    from wgtune.spec.grid import derive_seed
+    from wgtune.tracking.records import SEED_PARAM
+
+    first, launched = _launch_one(3)
+    seeds = [s[SEED_PARAM] for s in launched]
+    plan = _relaunch_plan(first, 3, draw_seed=derive_seed(11, "run-1", "run-2", "run-3"))
+    again = _drain(CellRouter([plan], metric="score", mode="min"), 3)
+    assert len(set(seeds + [s[SEED_PARAM] for s in again])) == 6, "no two search trials share a training seed"
+    cold = _drain(CellRouter([SearchPlan("a", plan.space, CellBudget(3), 11, n_startup=5)], metric="score"), 3)
+    assert [s["params"] for s in again] != [s["params"] for s in cold]
+
+
+def test_a_transfer_point_the_cell_has_tried_is_not_proposed_again() -> None:
+    """Guards issue 13, defect 4: a transfer point that diverged or errored (a failed observation now)
+    was proposed first again on every relaunch."""
+    failed = {"lr": 1e-3, "x": 0.25, "opt": 1}
+    fresh = {"lr": 0.1, "x": 0.75, "opt": 0}
+    plan = SearchPlan("a", _space(), CellBudget(3), 7, observations=((failed, None),), first_points=(failed, fresh))
+    out = _drain(CellRouter([plan], metric="score"), 3)
+    assert [s["proposal"] for s in out] == ["transfer", "random", "random"]
+    assert out[0]["params"] == {"lr": 0.1, "x": 0.75, "opt": "sgd"}
+
+
+def test_with_a_size_prior_the_start_up_draws_from_it_then_tpe_searches_the_whole_space() -> None:
+    """`priors: {narrow: soft}`: the router's start-up draws come from the cell's size-aware prior
+    (proposal `prior`), and TPE afterwards searches the original space (mass outside the band stays)."""
+    from wgtune.search.soft_prior import NeighbourTrials, build_prior
+    from wgtune.spec.spaces import load_space
+
+    space = load_space("erm", objective_defaults={})
+    rng = np.random.default_rng(0)
+
+    def trials(n_params: int, best: float) -> NeighbourTrials:
+        points = []
+        for _ in range(14):
+            x = best + rng.normal(0, 0.3)
+            points.append(({"lr": 10 ** x, "weight_decay": 1e-4, "batch_size": 64, "optimizer": "sgd"},
+                           0.9 - (x - best) ** 2))
+        return NeighbourTrials(str(n_params), n_params, tuple(points))
+
+    prior = build_prior(space, [trials(2_000_000, -1.3), trials(50_000_000, -2.0)], 10_000_000, n_startup=5)
+    assert prior.informed
+    plan = SearchPlan("a", space.to_hyperopt(), CellBudget(8), 3, n_startup=5, prior=prior)
+    out = _drain(CellRouter([plan], metric="score"), 5)
+    assert [s["proposal"] for s in out] == ["prior"] * 5
+    inside = sum(prior.holds(s["params"]) for s in out)
+    assert inside >= 2, "most start-up draws fall in the bands (a quarter per dimension comes from the full space)"

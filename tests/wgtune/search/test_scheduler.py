@@ -76,6 +76,30 @@ def decisions(scheduler: TrialScheduler, arrivals: list[tuple[str, str, float]],
 # --- unit: the scheduler's decisions -------------------------------------------------------------
 
 
+def test_a_relaunch_seeded_with_the_cells_curves_stops_what_the_uninterrupted_launch_stops():
+    """Guards issue 13, defect 7: ASHA's rungs started empty in a new experiment, so after a relaunch
+    the first trials of every cell could not be stopped however poor. Seeded with the earlier trials'
+    per-epoch metric (from MLflow), the relaunched scheduler decides as one that ran them itself."""
+    curves = {f"r{i}": [(epoch, 0.5 + 0.1 * i + 0.01 * epoch) for epoch in range(1, MAX_T + 1)] for i in range(3)}
+    uninterrupted = CellASHA(grace_period=1, max_t=MAX_T)
+    for run, points in curves.items():
+        trial = make_trial(HARD, run)
+        uninterrupted.on_trial_add(None, trial)
+        for epoch, value in points[:-1]:
+            uninterrupted.on_trial_result(None, trial, result(epoch, value))
+        uninterrupted.on_trial_complete(None, trial, result(*points[-1]))
+    relaunched = make_scheduler("asha", 1, MAX_T, history={HARD: curves})
+    cold = CellASHA(grace_period=1, max_t=MAX_T)
+
+    poor = [(HARD, "new", 0.4)]
+    assert decisions(uninterrupted, poor) == decisions(relaunched, poor) == {"new": STOP}
+    assert decisions(cold, poor) == {"new": CONTINUE}, "what an empty rung does"
+    good = [(HARD, "better", 0.9)]
+    assert decisions(uninterrupted, good) == decisions(relaunched, good) == {"better": CONTINUE}
+    assert decisions(uninterrupted, good, epoch=3) == decisions(relaunched, good, epoch=3) == {"better": CONTINUE}
+
+
+
 def test_hard_cell_trials_continue_at_a_rung_that_every_easy_cell_trial_beats():
     got = decisions(CellASHA(grace_period=1, max_t=MAX_T), FIRST_RUNG)
 
@@ -273,3 +297,19 @@ def test_a_study_with_asha_stops_trials_early_within_each_cell_and_the_hard_cell
             if len(curve) < MAX_T:
                 rung = len(curve)
                 assert any(len(other) >= rung and other[rung - 1] > curve[-1] for other in trials), (model, curve)
+    # Issue 13, defect 7: a stopped trial is marked (its value is its best so far), and a relaunch
+    # reads every observed trial's curve back from MLflow for the new experiment's rungs.
+    for run in runs:
+        assert run.stopped_early == (len(client.get_metric_history(run.run_id, STEP_METRIC)) < MAX_T), run
+    from wgtune.run.study import prepare
+    from wgtune.tracking.tracker import StudyTracker
+
+    with StudyTracker(done.uri, grid.spec.study) as again:
+        grown = grid.spec.model_copy(update={"search": grid.spec.search.model_copy(update={"num_samples": TRIALS_PER_CELL + 1})})
+        replanned = prepare(type(grid)(grown, grid.path), again, register=False)
+    for planned in replanned:
+        priors = planned.priors
+        assert set(priors.curves) == set(priors.observed_runs) and len(priors.curves) == TRIALS_PER_CELL
+        for run_id, points in priors.curves.items():
+            stored = sorted((m.step, m.value) for m in client.get_metric_history(run_id, STEP_METRIC))
+            assert list(points) == stored

@@ -145,3 +145,16 @@ def test_shipped_grids_are_valid():
 
     for path in sorted(root.glob("*.yaml")):
         assert load_grid(path).cells(), path
+
+
+def test_the_priors_block_is_validated_key_by_key(tmp_path):
+    """Issue 13's grid keys: `neighbours` (how many cells inform one), `top_k` (configs of each that
+    span the box), `across_families`, `narrow: soft`; a typo or a bad value is one message naming it."""
+    grid = load_grid(write(tmp_path, VALID + "priors: {narrow: soft, neighbours: 3, top_k: 2, margin: 0, across_families: true}\n"))
+    assert (grid.spec.priors.narrow, grid.spec.priors.neighbours, grid.spec.priors.across_families) == ("soft", 3, True)
+    with pytest.raises(GridError, match=r"priors\.across_familes: unknown key\. Did you mean 'across_families'"):
+        load_grid(write(tmp_path, VALID + "priors: {across_familes: true}\n"))
+    with pytest.raises(GridError, match=r"priors\.narrow: .*'box', 'soft' or 'none'"):
+        load_grid(write(tmp_path, VALID + "priors: {narrow: tight}\n"))
+    with pytest.raises(GridError, match=r"priors\.neighbours: .*greater than or equal to 1"):
+        load_grid(write(tmp_path, VALID + "priors: {neighbours: 0}\n"))

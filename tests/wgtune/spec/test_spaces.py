@@ -269,8 +269,9 @@ def test_narrow_is_a_box_around_the_points_in_each_dims_scale() -> None:
     lr = next(d for d in narrow.dims if d.name == "lr")
     # log scale: widened by 10% of log(0.3 / 1e-5) on each side; a linear box would clip at 1e-5
     assert lr.args == pytest.approx((1e-3 * 30000**-0.1, 1e-2 * 30000**0.1))
-    assert next(d for d in narrow.dims if d.name == "batch_size").args == (32, 128)
-    assert next(d for d in narrow.dims if d.name == "optimizer").args == ("sgd",)
+    # A box has no sides along a choice: every option stays (issue 13, defect 2).
+    assert next(d for d in narrow.dims if d.name == "batch_size").args == (32, 64, 128)
+    assert next(d for d in narrow.dims if d.name == "optimizer").args == ("sgd", "adamw")
     steps = next(d for d in narrow.dims if d.name == "anneal_steps")
     assert steps.args == (0, 400, 50) and steps.integer
     assert narrow.fixed() == space.fixed()
@@ -282,8 +283,8 @@ def test_narrow_is_a_box_around_the_points_in_each_dims_scale() -> None:
 
 def test_narrow_edge_cases(every_kind: SearchSpace) -> None:
     point = stochastic.sample(every_kind.to_hyperopt(), rng=np.random.default_rng(6))
-    collapsed = every_kind.narrow([point], margin=0.0)
-    assert collapsed.fixed()["lr"] == point["lr"] and "optimizer" in {d.name for d in collapsed.searched()}
+    tight = every_kind.narrow([point], margin=0.0)
+    assert tight.fixed() == every_kind.fixed() and tight.contains(point) is None
     normal = next(d for d in every_kind.narrow([point]).dims if d.name == "weight_decay")
     assert normal.kind == "uniform"
     assert normal.args == pytest.approx((point["weight_decay"] - 0.0008, point["weight_decay"] + 0.0008))
@@ -353,3 +354,39 @@ def test_fmin_vals_are_in_real_space() -> None:
     for trial, params in zip(trials.trials, received):
         assert trial["misc"]["vals"]["eta"][0] == params["eta"]
         assert 1e-3 <= params["eta"] <= 1e-1 and not math.isnan(params["eta"])
+
+
+def test_margin_zero_around_one_point_leaves_a_small_box_hyperopt_can_sample() -> None:
+    """Guards issue 13, defect 6: `narrow: {margin: 0}` around one point made bounds hyperopt refuses
+    (``low should be less than high``) or collapsed a dimension to fixed, which then went missing
+    from every trial's params. Now every searched dim stays searched, at least MIN_BOX wide."""
+    from wgtune.spec.spaces import MIN_BOX
+
+    space = load("irm")
+    point = {"lr": 1e-2, "batch_size": 64, "optimizer": "sgd", "weight_decay": 1e-4, "penalty_weight": 10.0,
+             "anneal_steps": 100}
+    narrow = space.narrow([point], margin=0.0)
+    assert [d.name for d in narrow.searched()] == [d.name for d in space.searched()]
+    lr = next(d for d in narrow.dims if d.name == "lr")
+    assert math.log(lr.args[1] / lr.args[0]) == pytest.approx(MIN_BOX * math.log(0.3 / 1e-4))
+    assert narrow.contains(point) is None
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        params = stochastic.sample(narrow.to_hyperopt(), rng=rng)
+        assert narrow.contains(params) is None
+        space.to_config(params)  # every searched key is there for the trial config
+
+
+def test_a_box_rebuilt_around_its_own_trials_does_not_creep_outward() -> None:
+    """Guards issue 13, defect 5: the box was rebuilt each launch from the neighbours plus the cell's
+    own trials, each widened by the margin, so trials at the edge of launch 1's box widened launch 2's
+    (1.00 -> 1.32 -> 1.52 decades over three launches). Own trials (`keep`) now widen it by no margin."""
+    space = load("erm")
+    neighbours = [{"lr": 1e-2}, {"lr": 3e-2}]
+    box = space.narrow(neighbours, margin=0.1)
+    for _ in range(3):  # each launch's trials sit on the box's edges; the next launch rebuilds it
+        lr = next(d for d in box.dims if d.name == "lr")
+        own = [{"lr": lr.args[0]}, {"lr": lr.args[1]}]
+        again = space.narrow(neighbours, margin=0.1, keep=own)
+        assert next(d for d in again.dims if d.name == "lr").args == pytest.approx(lr.args)
+        box = again

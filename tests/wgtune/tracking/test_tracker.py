@@ -263,8 +263,9 @@ def test_cell_summaries_and_trial_runs_match_what_was_logged(study_dir: Path) ->
         assert (waterbirds.finished, waterbirds.failed, waterbirds.killed, waterbirds.running) == (3, 1, 1, 1)
         assert (waterbirds.best_value, waterbirds.best_run_id) == (0.8, ids["w1"])
         assert waterbirds.parent_run_id == tracker.cell_run(WATERBIRDS)
-        assert sorted((o.trial_id, o.params["lr"], o.value) for o in waterbirds.observations) == [
-            ("w0", "0.0", 0.5), ("w1", "0.1", 0.8), ("w2", "0.2", None)]
+        # The errored w3 is a failed observation, as its launch's router recorded it (issue 13, defect 7).
+        assert sorted((o.trial_id, o.params["lr"], o.value, o.failed) for o in waterbirds.observations) == [
+            ("w0", "0.0", 0.5, False), ("w1", "0.1", 0.8, False), ("w2", "0.2", None, False), ("w3", "0.3", None, True)]
         assert (summaries[CELEBA.cell_id].finished, summaries[CELEBA.cell_id].best_value) == (1, 0.4)
         assert tracker.cell_summaries(mode="min")[WATERBIRDS.cell_id].best_value == 0.5
 
@@ -276,7 +277,7 @@ def test_cell_summaries_and_trial_runs_match_what_was_logged(study_dir: Path) ->
         assert tracker.trial_runs(CELEBA.cell_id)[0].metrics == {"best/val_worst_acc": 0.4}
 
 
-def test_a_diverged_trial_is_an_observation_without_a_value_other_failures_are_not(study_dir: Path) -> None:
+def test_diverged_and_errored_trials_are_failed_observations_final_seeds_are_not(study_dir: Path) -> None:
     with tracker_for(study_dir) as tracker:
         tracker.cell_run(WATERBIRDS)
         diverged = tracker.start_trial(WATERBIRDS.cell_id, "d", {"lr": 10.0}, "tpe")
@@ -288,8 +289,11 @@ def test_a_diverged_trial_is_an_observation_without_a_value_other_failures_are_n
         tracker.end_trial(final, "FAILED", error="loss nan", tags={"wgtune.diverged": "true"})
 
         summary = tracker.cell_summaries()[WATERBIRDS.cell_id]
-        [observation] = summary.observations
-        assert (observation.trial_id, observation.value, observation.diverged) == ("d", None, True)
+        by_trial = {o.trial_id: o for o in summary.observations}
+        assert set(by_trial) == {"d", "c"}, "a final seed informs no TPE"
+        assert (by_trial["d"].value, by_trial["d"].diverged, by_trial["d"].errored) == (None, True, False)
+        # Errored after Tune's retries: failed in its launch's router, and so after it (issue 13, defect 7).
+        assert (by_trial["c"].value, by_trial["c"].diverged, by_trial["c"].errored) == (None, False, True)
         assert (summary.failed, summary.final_done) == (2, 1), "a final seed the config diverged on is done"
         assert {r.trial_id: r.diverged for r in tracker.trial_runs(WATERBIRDS.cell_id)} == {
             "d": True, "c": False, "f": True}
