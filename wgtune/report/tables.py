@@ -27,8 +27,8 @@ __all__ = ["COLUMNS", "format_config", "format_count", "format_estimate", "markd
 _ESTIMATES = (("test_worst", "test worst-group %"), ("test_avg", "test average %"),
               ("test_weighted", "test train-weighted average %"), ("disparity", "disparity worst/average"))
 _TUNING = ("tuning_trials", "best_val_at_budget_mean", "best_val_at_budget_std", "best_val_at_half_mean",
-           "search_limited", "rerun_test_worst_mean", "rerun_test_worst_std", "rerun_test_worst_low",
-           "rerun_test_worst_high")
+           "gain_last_doubling", "search_limited_noise", "search_limited", "rerun_test_worst_mean",
+           "rerun_test_worst_std", "rerun_test_worst_low", "rerun_test_worst_high")
 COLUMNS = ("cell_id", "dataset", "model", "family", "n_params", "objective", "pretrained", "status", "n_seeds",
            "n_failed", *(f"{name}_{part}" for name, _ in _ESTIMATES for part in ("mean", "std", "low", "high")),
            *(f"test_worst_all_{part}" for part in ("mean", "std", "low", "high")),
@@ -85,6 +85,7 @@ def _tuning_record(row: ReportRow) -> dict[str, Any]:
     nan = (lambda v: math.nan if v is None else v)
     return dict(tuning_trials=t.n_trials, best_val_at_budget_mean=t.best_of_k[-1][0],
                 best_val_at_budget_std=t.best_of_k[-1][1], best_val_at_half_mean=half,
+                gain_last_doubling=t.gain_last_doubling, search_limited_noise=t.noise,
                 search_limited="yes" if t.search_limited else "no", rerun_test_worst_mean=nan(t.rerun_test_mean),
                 rerun_test_worst_std=nan(t.rerun_test_std), rerun_test_worst_low=nan(t.rerun_test_low),
                 rerun_test_worst_high=nan(t.rerun_test_high))
@@ -107,8 +108,8 @@ TUNING_TEXT = (
     "Tuning noise, from each cell's finished search trials (m of them): \"best val @m\" is the expected best "
     "validation worst-group accuracy of a search of m trials drawn from these (± its standard deviation; "
     "exact order statistics, Dodge et al. 2019); \"search-limited?\" is yes when going from ⌈m/2⌉ to m trials "
-    "raised that expectation by more than its standard deviation, i.e. more trials would likely still move the "
-    "point; \"re-run search: test worst\" is the test worst-group accuracy a re-run search would choose, its "
+    "raised that expectation by more than the cell's seed standard error (the curve's error bar; the sd of the "
+    "best of m without 2 final seeds), i.e. doubling the search would likely move the point visibly; \"re-run search: test worst\" is the test worst-group accuracy a re-run search would choose, its "
     f"standard deviation and {100 * RERUN_RANGE[0]:g}–{100 * RERUN_RANGE[1]:g}% range (from the search trials' "
     "own one-seed test values).")
 FAILED_TEXT = (f"\"failed seeds\": final seeds on which the chosen config diverged. They are not in the means; "
