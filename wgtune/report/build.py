@@ -17,7 +17,18 @@ from wgtune.report.fit import FIT_SCALE, SIGMA_FLOOR, FitError, LogSlope, PowerL
 from wgtune.report.noise import CellSamples, TuningNoise, tuning_noise
 from wgtune.report.scaling import CurvePoint, Series, SeriesFit, fit_series, group_series
 from wgtune.report.stats import Estimate, estimate, interval_text
-from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, CellRecord
+from wgtune.tracking.records import (
+    CELL_BEST_VAL_WORST,
+    CELL_FAILED_SEEDS,
+    CELL_FINAL_SEEDS,
+    CELL_TEST_WORST_HIGH,
+    CELL_TEST_WORST_LOW,
+    CELL_TEST_WORST_MEAN,
+    CELL_TRIALS_SPENT,
+    PHASE_FINAL,
+    SEED_PARAM,
+    CellRecord,
+)
 
 if TYPE_CHECKING:
     from wgtune.tracking.records import TrialRecord
@@ -25,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FINAL", "FIT_SCALE", "MISSING", "SEARCH_ONLY", "SEARCH_ONLY_NOTE", "SELECTION_RULE", "SIGMA_FLOOR",
     "CellSamples", "CurvePoint", "Estimate", "FitError", "LogSlope", "PowerLaw", "ReportRow", "Series", "SeriesFit",
-    "StudyReport", "TuningNoise", "build_report", "estimate", "fit_log_slope", "fit_power_law", "fit_series",
+    "StudyReport", "TuningNoise", "build_report", "cell_metrics", "estimate", "fit_log_slope", "fit_power_law", "fit_series",
     "interval_text", "select_trial",
 ]
 
@@ -130,6 +141,18 @@ def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], exp
     return StudyReport(SELECTION_RULE, interval_text(confidence), confidence, tuple(rows), series,
                        tuple(fit_series(s, confidence, **boot) for s in series),
                        tuple(r.cell_id for r in rows if r.status == MISSING), tuple(notes))
+
+
+def cell_metrics(row: ReportRow) -> dict[str, float]:
+    """The cell's summary as its parent run logs it (`records.CELL_METRICS`): best validation worst-group,
+    test worst-group mean and interval (final seeds, else the chosen search trial), trials spent, seeds."""
+    values: dict[str, float | None] = {
+        CELL_BEST_VAL_WORST: row.chosen_val_worst, CELL_TRIALS_SPENT: row.trials_spent,
+        CELL_FINAL_SEEDS: row.n_seeds, CELL_FAILED_SEEDS: row.n_failed}
+    if row.test_worst is not None:
+        values.update({CELL_TEST_WORST_MEAN: row.test_worst.mean, CELL_TEST_WORST_LOW: row.test_worst.low,
+                       CELL_TEST_WORST_HIGH: row.test_worst.high})
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
 def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float) -> ReportRow:
