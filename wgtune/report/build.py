@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
-from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, SELECTION_METRIC
+from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, BEST_VAL_AVG, SELECTION_METRIC
 from wgtune.report.fit import FIT_SCALE, SIGMA_FLOOR, FitError, LogSlope, PowerLaw, fit_log_slope, fit_power_law
 from wgtune.report.noise import CellSamples, TuningNoise, tuning_noise
 from wgtune.report.scaling import CurvePoint, Series, SeriesFit, fit_series, group_series
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from wgtune.tracking.records import TrialRecord
 
 __all__ = [
-    "FINAL", "FIT_SCALE", "MISSING", "SEARCH_ONLY", "SEARCH_ONLY_NOTE", "SELECTION_RULE", "SIGMA_FLOOR",
+    "DEFAULT_RULE", "FINAL", "FIT_SCALE", "MISSING", "SEARCH_ONLY", "SEARCH_ONLY_NOTE", "SELECTION_RULE",
+    "SELECTION_RULES", "SIGMA_FLOOR", "SelectionRule",
     "CellSamples", "CurvePoint", "Estimate", "FitError", "LogSlope", "PowerLaw", "ReportRow", "Series", "SeriesFit",
     "StudyReport", "TuningNoise", "build_report", "cell_metrics", "estimate", "fit_log_slope", "fit_power_law", "fit_series",
     "interval_text", "select_trial",
@@ -42,6 +43,25 @@ __all__ = [
 
 SELECTION_RULE = "best validation worst-group accuracy over the search trials (the best epoch of each)"
 VAL_WORST, TEST_WORST, TEST_AVG, TEST_WEIGHTED = SELECTION_METRIC, BEST_TEST_WORST, BEST_TEST_AVG, BEST_TEST_WEIGHTED
+
+
+class SelectionRule(NamedTuple):
+    """How a cell's config is chosen among its search trials: the one with the highest `metric`."""
+
+    metric: str
+    description: str
+
+
+SELECTION_RULES = {
+    "val_worst": SelectionRule(VAL_WORST, SELECTION_RULE),
+    "val_avg": SelectionRule(BEST_VAL_AVG, "best validation average accuracy over the search trials (no group "
+                                           "labels needed at selection; each trial still at the epoch its validation "
+                                           "worst-group accuracy picked, the only epoch it logged)"),
+    "oracle_test_worst": SelectionRule(TEST_WORST, "best TEST worst-group accuracy over the search trials: an "
+                                                   "oracle, the ceiling of what selection could reach, not a result"),
+}
+"""The rules `wgtune report --select` offers; `val_worst` is the study's (the one its final seeds re-train)."""
+DEFAULT_RULE = "val_worst"
 FINAL, SEARCH_ONLY, MISSING = PHASE_FINAL, "search only", "missing"
 SEARCH_ONLY_NOTE = "search only: test metrics of the chosen search trial (one run, no final seeds yet)"
 DIVERGED_WORST = 0.0
@@ -101,24 +121,29 @@ class StudyReport:
     notes: tuple[str, ...] = ()
 
 
-def select_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The FINISHED search trial with the highest `SELECTION_METRIC`, the earliest among ties (SELECTION_RULE)."""
-    scored = [(t.metrics.get(VAL_WORST), t.start_time_ms or 0, i, t) for i, t in enumerate(trials)
+def select_trial(trials: Sequence[TrialRecord], metric: str = VAL_WORST) -> TrialRecord | None:
+    """The FINISHED search trial with the highest `metric` (default `SELECTION_METRIC`), the earliest among ties."""
+    scored = [(t.metrics.get(metric), t.start_time_ms or 0, i, t) for i, t in enumerate(trials)
               if t.status == "FINISHED" and t.phase != PHASE_FINAL]
     scored = [s for s in scored if s[0] is not None and math.isfinite(s[0])]
     return min(scored, key=lambda s: (-s[0], s[1], s[2]))[3] if scored else None  # type: ignore[operator]
 
 
 def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], expected_cells: Sequence[str] = (),
-                 confidence: float = 0.95, n_boot: int | None = None) -> StudyReport:
+                 confidence: float = 0.95, n_boot: int | None = None, select: str = DEFAULT_RULE) -> StudyReport:
     """The report of a (possibly partial) study: a row per cell, curves per data set and size axis, fits.
 
     Trials whose phase is not "final" count as search trials (runs logged before phases were tagged).
     Pass the grid's cells as `cells` so that cells with no run yet still get their data set and size.
-    `n_boot` replicates per series bootstrap (default `scaling.BOOTSTRAP`).
+    `n_boot` replicates per series bootstrap (default `scaling.BOOTSTRAP`). `select` names a rule of
+    SELECTION_RULES: under another rule than the study's, a cell whose chosen config differs from the one
+    its final seeds re-trained is shown from its chosen search trial (one run), never from those seeds.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    if select not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {select!r}; valid: {', '.join(SELECTION_RULES)}")
+    rule = SELECTION_RULES[select]
     known: dict[str, CellRecord] = {}
     for cell in cells:
         known.setdefault(cell.cell_id, cell)
@@ -130,7 +155,7 @@ def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], exp
     unknown = [c for c in ids if c not in known and c in by_cell]
     if unknown:
         notes.append(f"no cell metadata for {', '.join(unknown)}: listed, but on no curve")
-    rows = sorted((_row(known.get(c) or CellRecord.unknown(c), by_cell.get(c, []), confidence)
+    rows = sorted((_row(known.get(c) or CellRecord.unknown(c), by_cell.get(c, []), confidence, rule.metric)
                    for c in ids), key=_row_order)
     series = group_series(
         ((r.dataset, r.family, r.objective, r.pretrained), r.size,
@@ -138,7 +163,7 @@ def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], exp
                     r.n_failed))
         for r in rows if r.status != MISSING and r.test_worst is not None and r.dataset)
     boot = {} if n_boot is None else {"n_boot": n_boot}
-    return StudyReport(SELECTION_RULE, interval_text(confidence), confidence, tuple(rows), series,
+    return StudyReport(rule.description, interval_text(confidence), confidence, tuple(rows), series,
                        tuple(fit_series(s, confidence, **boot) for s in series),
                        tuple(r.cell_id for r in rows if r.status == MISSING), tuple(notes))
 
@@ -155,12 +180,18 @@ def cell_metrics(row: ReportRow) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
-def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float) -> ReportRow:
+def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float, metric: str = VAL_WORST) -> ReportRow:
     search = [t for t in trials if t.phase != PHASE_FINAL]
     final, notes = _one_per_seed([t for t in trials if t.phase == PHASE_FINAL and t.status == "FINISHED"])
     diverged = sorted({t.params.get(SEED_PARAM, "?") for t in trials if t.phase == PHASE_FINAL and t.diverged})
-    chosen = select_trial(search)
-    samples = _samples(search, chosen, final)
+    chosen = select_trial(search, metric)
+    if metric != VAL_WORST and chosen is not None and (final or diverged):
+        ran = [t for t in trials if t.phase == PHASE_FINAL and (t.status == "FINISHED" or t.diverged)]
+        if _config_mismatch(chosen, ran):  # those seeds re-trained the study's choice, not this rule's
+            notes.append("this rule chose another config than the final seeds re-trained: shown from its search "
+                         "trial (re-train it to compare like with like)")
+            final, diverged = [], []
+    samples = _samples(search, chosen, final, metric)
     base: dict[str, Any] = dict(
         cell_id=cell.cell_id, dataset=cell.dataset, model=cell.model, family=cell.family, size=cell.size,
         objective=cell.objective, pretrained=cell.pretrained, n_params=cell.n_params,
@@ -168,9 +199,9 @@ def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float) -> Repo
         tuning=tuning_noise(samples), n_failed=len(diverged))
     if chosen is not None:
         base.update(chosen_config=dict(chosen.params), chosen_run_id=chosen.run_id,
-                    chosen_val_worst=chosen.metrics[VAL_WORST])
+                    chosen_val_worst=chosen.metrics.get(VAL_WORST))
     elif any(t.status == "FINISHED" for t in search):
-        notes.append(f"no finished search trial logged {VAL_WORST}: nothing to select")
+        notes.append(f"no finished search trial logged {metric}: nothing to select")
     worst = [t.metrics.get(TEST_WORST) for t in final]
     if diverged:
         all_seeds = estimate([*worst, *[DIVERGED_WORST] * len(diverged)], confidence)
@@ -201,14 +232,16 @@ def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float) -> Repo
                      notes=(*notes, f"no finished trial ({failed} failed)" if failed else "no finished trial"))
 
 
-def _samples(search: list[TrialRecord], chosen: TrialRecord | None, final: list[TrialRecord]) -> CellSamples:
-    """The cell's raw numbers for tuning noise and the bootstrap: finished search trials in start order."""
-    done = sorted((t for t in search if t.status == "FINISHED" and _finite(t.metrics.get(VAL_WORST))),
+def _samples(search: list[TrialRecord], chosen: TrialRecord | None, final: list[TrialRecord],
+             metric: str = VAL_WORST) -> CellSamples:
+    """The cell's raw numbers for tuning noise and the bootstrap: finished search trials in start order, their
+    selection `metric` (validation worst-group accuracy under the study's rule) and test worst-group accuracy."""
+    done = sorted((t for t in search if t.status == "FINISHED" and _finite(t.metrics.get(metric))),
                   key=lambda t: t.start_time_ms or 0)
     test = tuple(float(t.metrics[TEST_WORST]) if _finite(t.metrics.get(TEST_WORST)) else math.nan for t in done)
     index = next((i for i, t in enumerate(done) if chosen is not None and t.run_id == chosen.run_id), None)
     seeds = tuple(float(v) for v in (t.metrics.get(TEST_WORST) for t in final) if _finite(v))
-    return CellSamples(seeds, tuple(float(t.metrics[VAL_WORST]) for t in done), test, index)
+    return CellSamples(seeds, tuple(float(t.metrics[metric]) for t in done), test, index)
 
 
 def _finite(value: float | None) -> bool:

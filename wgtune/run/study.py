@@ -303,19 +303,31 @@ def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTrack
         yield tracker
 
 
-def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None) -> list[Path]:
-    """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report)
-    and logged on the study-level run "<study> · report"; each cell's summary logged on its parent run.
+def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
+           select: str | None = None) -> list[Path]:
+    """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report, or
+    report-<rule> for another selection rule than the study's) and logged on the study-level run
+    "<study> · report"; under the study's rule each cell's summary is logged on its parent run too.
     A partial study marks missing cells."""
+    from wgtune.report.build import DEFAULT_RULE, SELECTION_RULES, build_report
     from wgtune.report.figures import write_figures
     from wgtune.report.tables import write_tables
 
-    folder = out or grid.study_dir / "report"
+    select = select or DEFAULT_RULE
+    if select not in SELECTION_RULES:
+        raise UserError(f"--select {select!r} is not a selection rule; valid: {', '.join(SELECTION_RULES)}")
+    name = "report" if select == DEFAULT_RULE else f"report-{select}"
+    folder = out or grid.study_dir / name
     with _existing_study(grid, tracking_uri) as tracker:
-        built = log_cell_summaries(grid, tracker)
+        if select == DEFAULT_RULE:
+            built = log_cell_summaries(grid, tracker)
+        else:  # what another rule would have chosen: read only, the cells' runs keep the study's own choice
+            cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
+            built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()],
+                                 select=select)
         folder.mkdir(parents=True, exist_ok=True)
         files = write_tables(built, folder) + write_figures(built, folder)
-        tracker.log_study_files(f"{grid.spec.study} · report", files, "report")
+        tracker.log_study_files(f"{grid.spec.study} · report", files, name)
     return files
 
 
