@@ -141,8 +141,8 @@ def replicates(samples: CellSamples, n: int, rng: np.random.Generator) -> np.nda
 
     Seeds: resampled with replacement, their deviations from the mean scaled by √(s/(s−1)) first so
     the replicates' variance is the unbiased s²/s rather than (s−1)/s of it (Davison & Hinkley 1997,
-    §3.3, rescaled residuals); one seed adds no spread. Search: m trials resampled with replacement,
-    the replicate's chosen trial is their argmax by validation; the cell's value moves by the
+    §3.3, rescaled residuals); one seed adds no spread. Search: ⌈m·SEARCH_RESAMPLE⌉ of the m trials
+    drawn with replacement, the replicate's chosen trial is their argmax by validation; the cell's value moves by the
     difference between that trial's test worst-group accuracy and the chosen trial's (the final
     seeds of another config were never run, so its search run stands in for them).
     """

@@ -20,9 +20,17 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
-from wgtune.report.fit import FitError, LogSlope, PowerLaw, fit_log_slope, fit_log_slope_many, fit_power_law, \
-    fit_power_law_many
-from wgtune.report.fit import BETA_MAX, BETA_MIN
+from wgtune.report.fit import (
+    BETA_MAX,
+    BETA_MIN,
+    FitError,
+    LogSlope,
+    PowerLaw,
+    fit_log_slope,
+    fit_log_slope_many,
+    fit_power_law,
+    fit_power_law_many,
+)
 from wgtune.report.noise import CellSamples, TuningNoise, replicates
 
 if TYPE_CHECKING:
