@@ -37,7 +37,8 @@ __all__ = [
     "DEFAULT_RULE", "FINAL", "FIT_SCALE", "MISSING", "SEARCH_ONLY", "SEARCH_ONLY_NOTE", "SELECTION_RULE",
     "SELECTION_RULES", "SIGMA_FLOOR", "SelectionRule",
     "CellSamples", "CurvePoint", "Estimate", "FitError", "LogSlope", "PowerLaw", "ReportRow", "Series", "SeriesFit",
-    "StudyReport", "TuningNoise", "build_report", "cell_metrics", "estimate", "fit_log_slope", "fit_power_law", "fit_series",
+    "StudyReport", "TuningNoise", "build_report", "cell_metrics", "estimate", "fit_log_slope", "fit_power_law",
+    "fit_series",
     "interval_text", "select_trial",
 ]
 

@@ -46,13 +46,12 @@ def _accuracy_vs_size(report: StudyReport) -> Figure:
             ax.errorbar(xs, [p.worst.mean for p in series.points], yerr=_yerr([p.worst for p in series.points]),
                         fmt="-o", color=color, capsize=3, label=series.label)
             # Tuning noise: how far a re-run search would move the point (its chosen trial's test spread).
-            tuned = [p for p in series.points if p.tuning is not None and p.tuning.rerun_test_std is not None]
-            if tuned:
+            noise = [(p.n_params, p.worst.mean, p.tuning.rerun_test_std) for p in series.points
+                     if p.tuning is not None and p.tuning.rerun_test_std is not None]
+            if noise:
                 banded = True
-                ax.fill_between([p.n_params for p in tuned],
-                                [p.worst.mean - p.tuning.rerun_test_std for p in tuned],  # type: ignore[union-attr,operator]
-                                [p.worst.mean + p.tuning.rerun_test_std for p in tuned],  # type: ignore[union-attr,operator]
-                                color=color, alpha=0.15, linewidth=0)
+                ax.fill_between([n for n, _, _ in noise], [m - sd for _, m, sd in noise],
+                                [m + sd for _, m, sd in noise], color=color, alpha=0.15, linewidth=0)
             for p in series.points:
                 if p.n_failed:
                     failed = True
@@ -76,7 +75,7 @@ def _accuracy_vs_size(report: StudyReport) -> Figure:
     for ax in panels.values():
         handles, _ = ax.get_legend_handles_labels()
         handles += [Line2D([], [], color="black", ls="-", label="worst-group"),
-                    Line2D([], [], color="black", ls="--", label="average (train-proportion weighted)")]
+                    Line2D([], [], color="black", ls="--", label="average (train-proportion weighted where logged)")]
         if banded:
             from matplotlib.patches import Patch
 

@@ -109,9 +109,10 @@ TUNING_TEXT = (
     "validation worst-group accuracy of a search of m trials drawn from these (± its standard deviation; "
     "exact order statistics, Dodge et al. 2019); \"search-limited?\" is yes when going from ⌈m/2⌉ to m trials "
     "raised that expectation by more than the cell's seed standard error (the curve's error bar; the sd of the "
-    "best of m without 2 final seeds), i.e. doubling the search would likely move the point visibly; \"re-run search: test worst\" is the test worst-group accuracy a re-run search would choose, its "
+    "best of m without 2 final seeds), i.e. doubling the search would likely move the point visibly; "
+    "\"re-run search: test worst\" is the test worst-group accuracy a re-run search would choose, its "
     f"standard deviation and {100 * RERUN_RANGE[0]:g}–{100 * RERUN_RANGE[1]:g}% range (from the search trials' "
-    "own one-seed test values).")
+    "own one-seed test values; a lower bound: it errs narrow).")
 FAILED_TEXT = (f"\"failed seeds\": final seeds on which the chosen config diverged. They are not in the means; "
                f"the notes give the mean with each counted as {100 * DIVERGED_WORST:g}% worst-group accuracy "
                "(`test_worst_all_*` in cells.csv).")

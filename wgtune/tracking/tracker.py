@@ -201,11 +201,13 @@ class StudyTracker:
             from mlflow.entities import Metric
 
             parents: dict[str, str] = {}
-            for run in self._search(client, f"tags.`{KIND_TAG}` = '{KIND_CELL}'", order_by=["attributes.start_time ASC"]):
+            query = f"tags.`{KIND_TAG}` = '{KIND_CELL}'"
+            for run in self._search(client, query, order_by=["attributes.start_time ASC"]):
                 parents.setdefault(run.data.tags.get(CELL_TAG, ""), run.info.run_id)
             for cell_id, metrics in values.items():
                 if cell_id in parents and metrics:
-                    client.log_batch(parents[cell_id], metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+                    rows = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+                    client.log_batch(parents[cell_id], metrics=rows)
             return [cell_id for cell_id in values if cell_id not in parents]
 
         return self._call(log)
