@@ -154,6 +154,9 @@ def _search_curves(report: StudyReport) -> Figure:
             ax.fill_between(ks, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
                             alpha=0.12, linewidth=0)
         ax.set_title(dataset)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("search trials k")
         ax.set_ylabel("expected best val worst-group acc")
         ax.grid(True, alpha=0.3)
