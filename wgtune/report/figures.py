@@ -185,6 +185,8 @@ def _panels(report: StudyReport) -> tuple[Figure, dict[str, Axes]]:
     for dataset, ax in panels.items():
         sizes = [p.n_params for s in _of(report.series, dataset) for p in s.points]
         ax.set_xscale("log")
+        if min(sizes) == max(sizes):  # one size: give the log axis a span, or its transform is singular
+            ax.set_xlim(min(sizes) / 2, max(sizes) * 2)
         # Label 1-2-5 steps when the sizes span two decades or less, else decades only: 10M, not 10^7.
         narrow = max(sizes) <= 100 * min(sizes)
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
