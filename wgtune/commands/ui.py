@@ -6,8 +6,12 @@ import argparse
 import os
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from wgtune.commands.base import LOOPBACK, Command, add_study_arguments, url_host
+
+if TYPE_CHECKING:
+    from wgtune.spec.grid import Grid
 
 
 class UICommand(Command):
@@ -16,8 +20,10 @@ class UICommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_study_arguments(parser)
-        parser.add_argument("--port", type=int, default=5000)
-        parser.add_argument("--host", default="127.0.0.1",
+        from wgtune.tracking.store import UI_HOST, UI_PORT
+
+        parser.add_argument("--port", type=int, default=UI_PORT)
+        parser.add_argument("--host", default=UI_HOST,
                             help="interface to bind (default 127.0.0.1: this machine only)")
         parser.add_argument("--allow-remote", action="store_true",
                             help="required to bind anything but loopback; the UI has no authentication")
@@ -38,12 +44,27 @@ class UICommand(Command):
             print(f"warning: the MLflow UI is reachable from the network on {args.host}:{args.port}, "
                   "with no authentication", file=sys.stderr)
         command = ui_command(uri, args.host, args.port)
-        print(f"MLflow UI for study {grid.spec.study}: http://{url_host(args.host)}:{args.port}  (Ctrl-C stops it)",
-              flush=True)
+        print(f"MLflow UI for study {grid.spec.study}: {study_address(grid, uri, url_host(args.host), args.port)}  "
+              "(Ctrl-C stops it)", flush=True)
         # MLflow's UI fetches a telemetry config from the internet at start; studies often run where
         # there is none, and nobody asked for it. A user who wants it sets the variable to false.
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
         return subprocess.call(command, env=env)
+
+
+def study_address(grid: Grid, uri: str, host: str, port: int) -> str:
+    """The address of the study's runs view on this UI, or the UI's own address before the study is launched."""
+    from wgtune.tracking.records import STUDY_VIEW_KEY
+    from wgtune.tracking.store import runs_view_url, sqlite_path, ui_address
+
+    address = ui_address(uri, host, port) or f"http://{host}:{port}"
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():  # looking must not create the store
+        return address
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(uri).get_experiment_by_name(grid.spec.study)
+    return address if experiment is None else runs_view_url(address, experiment.experiment_id, STUDY_VIEW_KEY)
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:

@@ -1,75 +1,85 @@
-"""The data of a study's report: per-cell results over final seeds, accuracy-vs-size curves, power-law fits.
+"""The data of a study's report: per-cell results over final seeds, tuning noise, curves, fits.
 
 Numbers only, as Optuna's visualization modules compute a NamedTuple first and tests check the
-data: `report_fit` fits the power law, `report_tables` writes CSV and Markdown, `report_figures`
-draws. scipy loads when first used, so importing this module costs nothing to `wgtune --help`.
+data: `scaling` groups the curves and fits them, `noise` measures tuning noise, `tables` writes CSV
+and Markdown, `figures` draws. scipy loads when first used, so importing this module costs nothing
+to `wgtune --help`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
-from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, SELECTION_METRIC
-from wgtune.report.fit import FIT_SCALE, SIGMA_FLOOR, FitError, PowerLaw, fit_power_law
-from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, CellRecord
+from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, BEST_VAL_AVG, SELECTION_METRIC
+from wgtune.report.fit import FIT_SCALE, SIGMA_FLOOR, FitError, LogSlope, PowerLaw, fit_log_slope, fit_power_law
+from wgtune.report.noise import CellSamples, TuningNoise, tuning_noise
+from wgtune.report.scaling import CurvePoint, Series, SeriesFit, fit_series, group_series
+from wgtune.report.stats import Estimate, estimate, interval_text
+from wgtune.tracking.records import (
+    CELL_BEST_VAL_WORST,
+    CELL_FAILED_SEEDS,
+    CELL_FINAL_SEEDS,
+    CELL_TEST_WORST_HIGH,
+    CELL_TEST_WORST_LOW,
+    CELL_TEST_WORST_MEAN,
+    CELL_TRIALS_SPENT,
+    PHASE_FINAL,
+    SEED_PARAM,
+    CellRecord,
+)
 
 if TYPE_CHECKING:
     from wgtune.tracking.records import TrialRecord
 
 __all__ = [
-    "FINAL", "FIT_SCALE", "MISSING", "SEARCH_ONLY", "SEARCH_ONLY_NOTE", "SELECTION_RULE", "SIGMA_FLOOR",
-    "CurvePoint", "Estimate", "FitError", "PowerLaw", "ReportRow", "Series", "SeriesFit",
-    "StudyReport", "build_report", "estimate", "fit_power_law", "fit_series", "interval_text", "select_trial",
+    "DEFAULT_RULE", "FINAL", "FIT_SCALE", "MISSING", "SEARCH_ONLY", "SEARCH_ONLY_NOTE", "SELECTION_RULE",
+    "SELECTION_RULES", "SIGMA_FLOOR", "SelectionRule",
+    "CellSamples", "CurvePoint", "Estimate", "FitError", "LogSlope", "PowerLaw", "ReportRow", "Series", "SeriesFit",
+    "StudyReport", "TuningNoise", "build_report", "cell_metrics", "estimate", "fit_log_slope", "fit_power_law",
+    "fit_series",
+    "interval_text", "select_trial",
 ]
 
 SELECTION_RULE = "best validation worst-group accuracy over the search trials (the best epoch of each)"
 VAL_WORST, TEST_WORST, TEST_AVG, TEST_WEIGHTED = SELECTION_METRIC, BEST_TEST_WORST, BEST_TEST_AVG, BEST_TEST_WEIGHTED
+
+
+class SelectionRule(NamedTuple):
+    """How a cell's config is chosen among its search trials: the one with the highest `metric`."""
+
+    metric: str
+    description: str
+
+
+SELECTION_RULES = {
+    "val_worst": SelectionRule(VAL_WORST, SELECTION_RULE),
+    "val_avg": SelectionRule(BEST_VAL_AVG, "best validation average accuracy over the search trials (no group "
+                                           "labels needed at selection; each trial still at the epoch its validation "
+                                           "worst-group accuracy picked, the only epoch it logged)"),
+    "oracle_test_worst": SelectionRule(TEST_WORST, "best TEST worst-group accuracy over the search trials: an "
+                                                   "oracle, the ceiling of what selection could reach, not a result"),
+}
+"""The rules `wgtune report --select` offers; `val_worst` is the study's (the one its final seeds re-train)."""
+DEFAULT_RULE = "val_worst"
 FINAL, SEARCH_ONLY, MISSING = PHASE_FINAL, "search only", "missing"
-MIN_FIT_SIZES = 4
 SEARCH_ONLY_NOTE = "search only: test metrics of the chosen search trial (one run, no final seeds yet)"
-
-
-class Estimate(NamedTuple):
-    """A mean over runs, the runs' std (ddof=1) and a Student-t interval of the mean; no spread for one run."""
-
-    mean: float
-    n: int
-    std: float | None = None
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def sem(self) -> float | None:
-        """Standard error of the mean, std/√n."""
-        return None if self.std is None else self.std / math.sqrt(self.n)
-
-
-def estimate(values: Sequence[float | None], confidence: float = 0.95) -> Estimate | None:
-    """Mean, std and t-interval (half-width t_{(1+c)/2, n-1}·std/√n) of the finite values; None if none."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not xs:
-        return None
-    mean = math.fsum(xs) / len(xs)
-    if len(xs) == 1:
-        return Estimate(mean, 1)
-    from scipy.stats import t
-
-    std = statistics.stdev(xs)
-    half = float(t.ppf((1 + confidence) / 2, len(xs) - 1)) * std / math.sqrt(len(xs))
-    return Estimate(mean, len(xs), std, mean - half, mean + half)
+DIVERGED_WORST = 0.0
+"""The test worst-group accuracy a diverged final seed counts as in `test_worst_all`: its outputs are NaN,
+so it predicts one class and gets at least one group entirely wrong."""
 
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One cell's line: its chosen config and, over its final seeds, test accuracies and disparity."""
+    """One cell's line: its chosen config, over its final seeds test accuracies and disparity, its
+    diverged final seeds (`n_failed`) and its tuning noise."""
 
     cell_id: str
     dataset: str
     model: str
     family: str
+    size: str
     objective: str
     pretrained: bool
     n_params: int
@@ -78,51 +88,24 @@ class ReportRow:
     chosen_run_id: str | None = None
     chosen_val_worst: float | None = None
     n_seeds: int = 0
+    n_failed: int = 0
+    """Final seeds on which the chosen config diverged: failures of the cell, not in the means."""
     test_worst: Estimate | None = None
+    test_worst_all: Estimate | None = None
+    """Test worst-group accuracy over every final seed, a diverged one counted as DIVERGED_WORST."""
     test_avg: Estimate | None = None
     test_weighted: Estimate | None = None
     disparity: Estimate | None = None
     trials_spent: int = 0
+    tuning: TuningNoise | None = None
+    samples: CellSamples = CellSamples()
     notes: tuple[str, ...] = ()
 
-
-class CurvePoint(NamedTuple):
-    """One cell on a curve: its size, test worst-group and average accuracy."""
-
-    n_params: int
-    model: str
-    cell_id: str
-    status: str
-    worst: Estimate
-    avg: Estimate | None
-
-
-@dataclass(frozen=True)
-class Series:
-    """The cells of one dataset, family, objective and pretraining, by size; `label` names it in legends."""
-
-    dataset: str
-    family: str
-    objective: str
-    pretrained: bool
-    label: str
-    points: tuple[CurvePoint, ...]
-
-
-@dataclass(frozen=True)
-class SeriesFit:
-    """A series' power-law fit (`law`), or the `reason` there is none."""
-
-    dataset: str
-    family: str
-    objective: str
-    pretrained: bool
-    label: str
-    n_sizes: int
-    law: PowerLaw | None = None
-    weighted: bool = False
-    reason: str | None = None
-    notes: tuple[str, ...] = ()
+    @property
+    def test_adjusted(self) -> Estimate | None:
+        """The average the literature reports: weighted by training-group proportions where the cell logged it
+        (Waterbirds' test split is group-balanced, so its plain average is not the one papers show)."""
+        return self.test_weighted if self.test_weighted is not None else self.test_avg
 
 
 @dataclass(frozen=True)
@@ -139,29 +122,29 @@ class StudyReport:
     notes: tuple[str, ...] = ()
 
 
-def interval_text(confidence: float = 0.95) -> str:
-    """How the report's intervals are computed, in words."""
-    return (f"{100 * confidence:g}% interval of the mean over final seeds: mean ± t_{{{(1 + confidence) / 2:g}, n-1}}"
-            "·std/√n (Student t, std with ddof = 1); none for a single seed")
-
-
-def select_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The FINISHED search trial with the highest `SELECTION_METRIC`, the earliest among ties (SELECTION_RULE)."""
-    scored = [(t.metrics.get(VAL_WORST), t.start_time_ms or 0, i, t) for i, t in enumerate(trials)
+def select_trial(trials: Sequence[TrialRecord], metric: str = VAL_WORST) -> TrialRecord | None:
+    """The FINISHED search trial with the highest `metric` (default `SELECTION_METRIC`), the earliest among ties."""
+    scored = [(t.metrics.get(metric), t.start_time_ms or 0, i, t) for i, t in enumerate(trials)
               if t.status == "FINISHED" and t.phase != PHASE_FINAL]
     scored = [s for s in scored if s[0] is not None and math.isfinite(s[0])]
     return min(scored, key=lambda s: (-s[0], s[1], s[2]))[3] if scored else None  # type: ignore[operator]
 
 
 def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], expected_cells: Sequence[str] = (),
-                 confidence: float = 0.95) -> StudyReport:
-    """The report of a (possibly partial) study: a row per cell, curves per dataset, a fit per series.
+                 confidence: float = 0.95, n_boot: int | None = None, select: str = DEFAULT_RULE) -> StudyReport:
+    """The report of a (possibly partial) study: a row per cell, curves per data set and size axis, fits.
 
     Trials whose phase is not "final" count as search trials (runs logged before phases were tagged).
-    Pass the grid's cells as `cells` so that cells with no run yet still get their dataset and size.
+    Pass the grid's cells as `cells` so that cells with no run yet still get their data set and size.
+    `n_boot` replicates per series bootstrap (default `scaling.BOOTSTRAP`). `select` names a rule of
+    SELECTION_RULES: under another rule than the study's, a cell whose chosen config differs from the one
+    its final seeds re-trained is shown from its chosen search trial (one run), never from those seeds.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    if select not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {select!r}; valid: {', '.join(SELECTION_RULES)}")
+    rule = SELECTION_RULES[select]
     known: dict[str, CellRecord] = {}
     for cell in cells:
         known.setdefault(cell.cell_id, cell)
@@ -173,36 +156,66 @@ def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], exp
     unknown = [c for c in ids if c not in known and c in by_cell]
     if unknown:
         notes.append(f"no cell metadata for {', '.join(unknown)}: listed, but on no curve")
-    rows = sorted((_row(known.get(c) or CellRecord.unknown(c), by_cell.get(c, []), confidence)
+    rows = sorted((_row(known.get(c) or CellRecord.unknown(c), by_cell.get(c, []), confidence, rule.metric)
                    for c in ids), key=_row_order)
-    series = _series(rows)
-    return StudyReport(SELECTION_RULE, interval_text(confidence), confidence, tuple(rows), series,
-                       tuple(fit_series(s) for s in series), tuple(r.cell_id for r in rows if r.status == MISSING),
-                       tuple(notes))
+    series = group_series(
+        ((r.dataset, r.family, r.objective, r.pretrained), r.size,
+         CurvePoint(r.n_params, r.model, r.cell_id, r.status, r.test_worst, r.test_adjusted, r.samples, r.tuning,
+                    r.n_failed))
+        for r in rows if r.status != MISSING and r.test_worst is not None and r.dataset)
+    boot = {} if n_boot is None else {"n_boot": n_boot}
+    return StudyReport(rule.description, interval_text(confidence), confidence, tuple(rows), series,
+                       tuple(fit_series(s, confidence, **boot) for s in series),
+                       tuple(r.cell_id for r in rows if r.status == MISSING), tuple(notes))
 
 
-def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float) -> ReportRow:
+def cell_metrics(row: ReportRow) -> dict[str, float]:
+    """The cell's summary as its parent run logs it (`records.CELL_METRICS`): best validation worst-group,
+    test worst-group mean and interval (final seeds, else the chosen search trial), trials spent, seeds."""
+    values: dict[str, float | None] = {
+        CELL_BEST_VAL_WORST: row.chosen_val_worst, CELL_TRIALS_SPENT: row.trials_spent,
+        CELL_FINAL_SEEDS: row.n_seeds, CELL_FAILED_SEEDS: row.n_failed}
+    if row.test_worst is not None:
+        values.update({CELL_TEST_WORST_MEAN: row.test_worst.mean, CELL_TEST_WORST_LOW: row.test_worst.low,
+                       CELL_TEST_WORST_HIGH: row.test_worst.high})
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float, metric: str = VAL_WORST) -> ReportRow:
     search = [t for t in trials if t.phase != PHASE_FINAL]
     final, notes = _one_per_seed([t for t in trials if t.phase == PHASE_FINAL and t.status == "FINISHED"])
     diverged = sorted({t.params.get(SEED_PARAM, "?") for t in trials if t.phase == PHASE_FINAL and t.diverged})
-    if diverged:
-        notes.append(f"the chosen config diverged on final seed(s) {', '.join(diverged)}: not in the mean")
-    chosen = select_trial(search)
+    chosen = select_trial(search, metric)
+    if metric != VAL_WORST and chosen is not None and (final or diverged):
+        ran = [t for t in trials if t.phase == PHASE_FINAL and (t.status == "FINISHED" or t.diverged)]
+        if _config_mismatch(chosen, ran):  # those seeds re-trained the study's choice, not this rule's
+            notes.append("this rule chose another config than the final seeds re-trained: shown from its search "
+                         "trial (re-train it to compare like with like)")
+            final, diverged = [], []
+    samples = _samples(search, chosen, final, metric)
     base: dict[str, Any] = dict(
-        cell_id=cell.cell_id, dataset=cell.dataset, model=cell.model, family=cell.family,
+        cell_id=cell.cell_id, dataset=cell.dataset, model=cell.model, family=cell.family, size=cell.size,
         objective=cell.objective, pretrained=cell.pretrained, n_params=cell.n_params,
-        trials_spent=sum(t.status in ("FINISHED", "FAILED") for t in search))
+        trials_spent=sum(t.status in ("FINISHED", "FAILED") for t in search), samples=samples,
+        tuning=tuning_noise(samples), n_failed=len(diverged))
     if chosen is not None:
         base.update(chosen_config=dict(chosen.params), chosen_run_id=chosen.run_id,
-                    chosen_val_worst=chosen.metrics[VAL_WORST])
+                    chosen_val_worst=chosen.metrics.get(VAL_WORST))
     elif any(t.status == "FINISHED" for t in search):
-        notes.append(f"no finished search trial logged {VAL_WORST}: nothing to select")
+        notes.append(f"no finished search trial logged {metric}: nothing to select")
+    worst = [t.metrics.get(TEST_WORST) for t in final]
+    if diverged:
+        all_seeds = estimate([*worst, *[DIVERGED_WORST] * len(diverged)], confidence)
+        base["test_worst_all"] = all_seeds
+        notes.append(f"FAILED: the chosen config diverged on {len(diverged)} of {len(final) + len(diverged)} final "
+                     f"seed(s) ({', '.join(diverged)}); the means are over the {len(final)} that finished; counting "
+                     f"a diverged seed as {100 * DIVERGED_WORST:g}% worst-group gives "
+                     f"{100 * all_seeds.mean:.1f}%")  # type: ignore[union-attr]
     if final:
         if chosen is None:
             notes.append("final seeds but no selectable search trial: chosen config unknown")
         else:
             notes.extend(_config_mismatch(chosen, final))
-        worst = [t.metrics.get(TEST_WORST) for t in final]
         avg = [t.metrics.get(TEST_AVG) for t in final]
         ratios = [w / a for w, a in zip(worst, avg) if w is not None and a is not None and a > 0]
         return ReportRow(**base, status=FINAL, n_seeds=len(final), test_worst=estimate(worst, confidence),
@@ -218,6 +231,22 @@ def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float) -> Repo
     failed = sum(t.status == "FAILED" for t in trials)
     return ReportRow(**base, status=MISSING,
                      notes=(*notes, f"no finished trial ({failed} failed)" if failed else "no finished trial"))
+
+
+def _samples(search: list[TrialRecord], chosen: TrialRecord | None, final: list[TrialRecord],
+             metric: str = VAL_WORST) -> CellSamples:
+    """The cell's raw numbers for tuning noise and the bootstrap: finished search trials in start order, their
+    selection `metric` (validation worst-group accuracy under the study's rule) and test worst-group accuracy."""
+    done = sorted((t for t in search if t.status == "FINISHED" and _finite(t.metrics.get(metric))),
+                  key=lambda t: t.start_time_ms or 0)
+    test = tuple(float(t.metrics[TEST_WORST]) if _finite(t.metrics.get(TEST_WORST)) else math.nan for t in done)
+    index = next((i for i, t in enumerate(done) if chosen is not None and t.run_id == chosen.run_id), None)
+    seeds = tuple(float(v) for v in (t.metrics.get(TEST_WORST) for t in final) if _finite(v))
+    return CellSamples(seeds, tuple(float(t.metrics[metric]) for t in done), test, index)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _one_per_seed(final: list[TrialRecord]) -> tuple[list[TrialRecord], list[str]]:
@@ -244,53 +273,3 @@ def _config_mismatch(chosen: TrialRecord, final: list[TrialRecord]) -> list[str]
 def _row_order(row: ReportRow) -> tuple[Any, ...]:
     return (row.dataset == "", row.dataset, row.family, row.objective, row.pretrained, row.n_params,
             row.model, row.cell_id)
-
-
-def _series(rows: Sequence[ReportRow]) -> tuple[Series, ...]:
-    points: dict[tuple[str, str, str, bool], list[CurvePoint]] = {}
-    for row in rows:
-        if row.status != MISSING and row.test_worst is not None and row.dataset:
-            points.setdefault((row.dataset, row.family, row.objective, row.pretrained), []).append(
-                CurvePoint(row.n_params, row.model, row.cell_id, row.status, row.test_worst, row.test_avg))
-    families: dict[str, set[str]] = {}
-    for dataset, family, _, _ in points:
-        families.setdefault(dataset, set()).add(family)
-    series = []
-    for (dataset, family, objective, pretrained), pts in sorted(points.items()):
-        label = objective + ("+pt" if pretrained else "")
-        if len(families[dataset]) > 1:  # sizes of two families are not one curve
-            label = f"{family} {label}"
-        series.append(Series(dataset, family, objective, pretrained, label,
-                             tuple(sorted(pts, key=lambda p: (p.n_params, p.model)))))
-    return tuple(series)
-
-
-def fit_series(series: Series) -> SeriesFit:
-    """Fit worst-group error vs size over the series' final-seed points (search-only points are one run).
-
-    Weighted by each point's standard error of the mean (floored at SIGMA_FLOOR) when every point
-    has one, else unweighted; standard errors are scaled by the residuals (absolute_sigma=False).
-    """
-    key = dict(dataset=series.dataset, family=series.family, objective=series.objective,
-               pretrained=series.pretrained, label=series.label)
-    pts = [p for p in series.points if p.status == FINAL]
-    sizes = len({p.n_params for p in pts})
-    if sizes < MIN_FIT_SIZES:
-        others = len(series.points) - len(pts)
-        extra = f"; {others} more search only" if others else ""
-        return SeriesFit(**key, n_sizes=sizes, reason=f"needs ≥ {MIN_FIT_SIZES} sizes with final seeds "
-                                                      f"(has {sizes}{extra})")
-    sems = [p.worst.sem for p in pts]
-    sigma = None if any(s is None for s in sems) else [float(s) for s in sems]  # type: ignore[arg-type]
-    try:
-        law = fit_power_law([p.n_params for p in pts], [1 - p.worst.mean for p in pts], sigma)
-    except FitError as err:
-        return SeriesFit(**key, n_sizes=sizes, weighted=sigma is not None, reason=f"fit failed: {err}")
-    notes = []
-    if law.beta <= 1e-6 or law.beta >= 3 - 1e-6:
-        notes.append("β at a bound of [0, 3]: these sizes do not determine it")
-    if law.C <= 1e-6 or law.C >= 1 - 1e-6:
-        notes.append("C at a bound of [0, 1]")
-    if None in (law.A_se, law.beta_se, law.C_se):
-        notes.append("some standard errors undetermined")
-    return SeriesFit(**key, n_sizes=sizes, law=law, weighted=sigma is not None, notes=tuple(notes))

@@ -21,12 +21,13 @@ __all__ = ["write_figures"]
 
 
 def write_figures(report: StudyReport, out_dir: str | Path) -> list[Path]:
-    """Write accuracy_vs_size and worst_group_error_fit, each as .png and .svg; returns the paths."""
+    """Write accuracy_vs_size, worst_group_error_fit and search_curves, each as .png and .svg; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     draws: tuple[tuple[str, Callable[[StudyReport], Figure]], ...] = (
-        ("accuracy_vs_size", _accuracy_vs_size), ("worst_group_error_fit", _error_fit))
+        ("accuracy_vs_size", _accuracy_vs_size), ("worst_group_error_fit", _error_fit),
+        ("search_curves", _search_curves))
     for name, draw in draws:
         paths += _save(draw(report), out / name)
     return paths
@@ -37,13 +38,26 @@ def _accuracy_vs_size(report: StudyReport) -> Figure:
 
     fig, panels = _panels(report)
     colors = _colors(report.series)
-    search_only = False
+    search_only = banded = failed = False
     for dataset, ax in panels.items():
         for series in _of(report.series, dataset):
             color = colors[series.label]
             xs = [p.n_params for p in series.points]
             ax.errorbar(xs, [p.worst.mean for p in series.points], yerr=_yerr([p.worst for p in series.points]),
                         fmt="-o", color=color, capsize=3, label=series.label)
+            # Tuning noise: how far a re-run search would move the point (its chosen trial's test spread).
+            noise = [(p.n_params, p.worst.mean, p.tuning.rerun_test_std) for p in series.points
+                     if p.tuning is not None and p.tuning.rerun_test_std is not None]
+            if noise:
+                banded = True
+                ax.fill_between([n for n, _, _ in noise], [m - sd for _, m, sd in noise],
+                                [m + sd for _, m, sd in noise], color=color, alpha=0.15, linewidth=0)
+            for p in series.points:
+                if p.n_failed:
+                    failed = True
+                    ax.plot([p.n_params], [p.worst.mean], "x", color="red", markersize=10, mew=2, zorder=4)
+                    ax.annotate(f"{p.n_failed} diverged", (p.n_params, p.worst.mean), textcoords="offset points",
+                                xytext=(6, -12), fontsize="x-small", color="red")
             with_avg = [p for p in series.points if p.avg is not None]
             ax.errorbar([p.n_params for p in with_avg], [p.avg.mean for p in with_avg],  # type: ignore[union-attr]
                         yerr=_yerr([p.avg for p in with_avg]), fmt="--s", color=color, capsize=3, alpha=0.6,
@@ -61,7 +75,13 @@ def _accuracy_vs_size(report: StudyReport) -> Figure:
     for ax in panels.values():
         handles, _ = ax.get_legend_handles_labels()
         handles += [Line2D([], [], color="black", ls="-", label="worst-group"),
-                    Line2D([], [], color="black", ls="--", label="average")]
+                    Line2D([], [], color="black", ls="--", label="average (train-proportion weighted where logged)")]
+        if banded:
+            from matplotlib.patches import Patch
+
+            handles.append(Patch(color="black", alpha=0.15, label="± tuning noise (re-run search sd)"))
+        if failed:
+            handles.append(Line2D([], [], color="red", marker="x", ls="", label="final seed(s) diverged"))
         if search_only:
             handles.append(Line2D([], [], color="black", marker="o", ls="", markerfacecolor="white",
                                   label="search trial only (one run)"))
@@ -84,20 +104,69 @@ def _error_fit(report: StudyReport) -> Figure:
             errors = [1 - p.worst.mean for p in series.points]
             low, high = _yerr([p.worst for p in series.points])
             law = fit.law if fit is not None else None
-            label = series.label if law is not None else f"{series.label} (no fit)"
+            fitted = fit is not None and fit.slope is not None
+            label = series.label if fitted else f"{series.label} (no fit)"
             # Error is 1 - accuracy: the accuracy interval's upper side is the error's lower side.
-            ax.errorbar(xs, errors, yerr=[high, low], fmt="o" if law else ":o", color=color, capsize=3,
+            ax.errorbar(xs, errors, yerr=[high, low], fmt="o" if fitted else ":o", color=color, capsize=3,
                         label=label)
-            if law is not None:
+            if fit is not None and fit.slope is not None:
                 grid = np.logspace(np.log10(min(xs)), np.log10(max(xs)), 100)
-                beta = f"β = {law.beta:.2f}" + (f" ± {law.beta_se:.2f}" if law.beta_se is not None else "")
-                ax.plot(grid, law(grid), "-", color=color, label=f"{series.label} fit: {beta}, C = {law.C:.2f}")
+                ax.plot(grid, fit.slope(grid), ":", color=color,
+                        label=f"{series.label} slope s = {_ci(fit.slope.slope, fit.slope_interval)}"
+                              f"{' ⚠' if fit.slope.flagged else ''}")
+                if law is not None:
+                    ax.plot(grid, law(grid), "-", color=color,
+                            label=f"{series.label} law: β = {_ci(law.beta, fit.beta_interval)}, A = {law.A:.2g}, "
+                                  f"C = {law.C:.2f}{' ⚠' if law.flagged else ''}")
         ax.set_yscale("log")
         ax.set_ylabel("test worst-group error")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    fig.suptitle(f"Worst-group error vs size, fit L(N) = A·(N/{format_count(FIT_SCALE)})^(-β) + C")
+    fig.suptitle(f"Worst-group error vs size: log-log slope s (dotted), L(N) = A·(N/{format_count(FIT_SCALE)})^(-β) + C"
+                 " (solid); [bootstrap interval], ⚠ < 2 residual dof", fontsize="medium")
     return fig
+
+
+def _search_curves(report: StudyReport) -> Figure:
+    """Expected best validation worst-group accuracy vs number of search trials, per cell (± sd band)."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in report.rows if r.tuning is not None]
+    datasets = sorted({r.dataset for r in rows})
+    fig = Figure(figsize=(max(5.5 * len(datasets), 7.0), 4.5), layout="constrained")
+    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
+    if not datasets:
+        axes[0].text(0.5, 0.5, "no cell with ≥ 2 finished search trials yet", ha="center", va="center",
+                     transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+        return fig
+    for dataset, ax in zip(datasets, axes):
+        for i, row in enumerate(r for r in rows if r.dataset == dataset):
+            t = row.tuning
+            assert t is not None
+            ks = list(range(1, t.n_trials + 1))
+            mean = [m for m, _ in t.best_of_k]
+            sd = [s for _, s in t.best_of_k]
+            color = f"C{i % 10}"
+            ax.plot(ks, mean, "-", color=color,
+                    label=f"{row.model} {row.objective}{'+pt' if row.pretrained else ''}"
+                          f"{' (search-limited)' if t.search_limited else ''}")
+            ax.fill_between(ks, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
+                            alpha=0.12, linewidth=0)
+        ax.set_title(dataset)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("search trials k")
+        ax.set_ylabel("expected best val worst-group acc")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.suptitle("Tuning noise: expected best of k search trials (± sd), exact order statistics")
+    return fig
+
+
+def _ci(value: float, interval: tuple[float, float] | None) -> str:
+    return f"{value:.2f}" + ("" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
 
 
 def _panels(report: StudyReport) -> tuple[Figure, dict[str, Axes]]:
@@ -116,6 +185,8 @@ def _panels(report: StudyReport) -> tuple[Figure, dict[str, Axes]]:
     for dataset, ax in panels.items():
         sizes = [p.n_params for s in _of(report.series, dataset) for p in s.points]
         ax.set_xscale("log")
+        if min(sizes) == max(sizes):  # one size: give the log axis a span, or its transform is singular
+            ax.set_xlim(min(sizes) / 2, max(sizes) * 2)
         # Label 1-2-5 steps when the sizes span two decades or less, else decades only: 10M, not 10^7.
         narrow = max(sizes) <= 100 * min(sizes)
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))

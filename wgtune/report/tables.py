@@ -7,7 +7,17 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from wgtune.report.build import FINAL, FIT_SCALE, SEARCH_ONLY, SEARCH_ONLY_NOTE, Estimate, StudyReport
+from wgtune.report.build import (
+    DIVERGED_WORST,
+    FINAL,
+    FIT_SCALE,
+    SEARCH_ONLY,
+    SEARCH_ONLY_NOTE,
+    Estimate,
+    ReportRow,
+    StudyReport,
+)
+from wgtune.report.noise import RERUN_RANGE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -16,10 +26,18 @@ __all__ = ["COLUMNS", "format_config", "format_count", "format_estimate", "markd
 
 _ESTIMATES = (("test_worst", "test worst-group %"), ("test_avg", "test average %"),
               ("test_weighted", "test train-weighted average %"), ("disparity", "disparity worst/average"))
+_TUNING = ("tuning_trials", "best_val_at_budget_mean", "best_val_at_budget_std", "best_val_at_half_mean",
+           "gain_last_doubling", "search_limited_noise", "search_limited", "rerun_test_worst_mean",
+           "rerun_test_worst_std", "rerun_test_worst_low", "rerun_test_worst_high")
 COLUMNS = ("cell_id", "dataset", "model", "family", "n_params", "objective", "pretrained", "status", "n_seeds",
-           *(f"{name}_{part}" for name, _ in _ESTIMATES for part in ("mean", "std", "low", "high")),
-           "val_worst_chosen", "trials_spent", "chosen_run_id", "chosen_config", "notes")
+           "n_failed", *(f"{name}_{part}" for name, _ in _ESTIMATES for part in ("mean", "std", "low", "high")),
+           *(f"test_worst_all_{part}" for part in ("mean", "std", "low", "high")),
+           "val_worst_chosen", "trials_spent", *_TUNING, "chosen_run_id", "chosen_config", "notes")
 """The columns of `cells.csv`, in order; an empty study still gets them as a header."""
+FIT_COLUMNS = ("dataset", "series", "axis", "n_sizes", "weighted", "slope", "slope_low", "slope_high", "p_falling",
+               "slope_dof", "A", "beta", "beta_low", "beta_high", "C", "law_dof", "trend", "flagged", "n_boot",
+               "scale", "reason", "notes")
+"""The columns of `fits.csv`."""
 
 
 def to_frame(report: StudyReport) -> pd.DataFrame:
@@ -32,12 +50,13 @@ def to_frame(report: StudyReport) -> pd.DataFrame:
             cell_id=row.cell_id, dataset=row.dataset, model=row.model, family=row.family,
             n_params=row.n_params, objective=row.objective, pretrained=row.pretrained, status=row.status,
             n_seeds=row.n_seeds)
-        for name, _ in _ESTIMATES:
+        for name in [n for n, _ in _ESTIMATES] + ["test_worst_all"]:
             value: Estimate | None = getattr(row, name)
             for part in ("mean", "std", "low", "high"):
                 got = None if value is None else getattr(value, part)
                 record[f"{name}_{part}"] = math.nan if got is None else got
-        record.update(val_worst_chosen=math.nan if row.chosen_val_worst is None else row.chosen_val_worst,
+        record.update(_tuning_record(row), n_failed=row.n_failed,
+                      val_worst_chosen=math.nan if row.chosen_val_worst is None else row.chosen_val_worst,
                       trials_spent=row.trials_spent, chosen_run_id=row.chosen_run_id or "",
                       chosen_config=json.dumps(row.chosen_config, sort_keys=True), notes="; ".join(row.notes))
         records.append(record)
@@ -53,44 +72,116 @@ def write_tables(report: StudyReport, out_dir: str | Path) -> list[Path]:
     paths = [out / "cells.csv", out / "cells.md", out / "fits.csv"]
     to_frame(report).to_csv(paths[0], index=False)
     paths[1].write_text(markdown(report), encoding="utf-8")
-    fits = [dict(dataset=f.dataset, series=f.label, n_sizes=f.n_sizes, weighted=f.weighted,
-                 **{k: getattr(f.law, k) if f.law else None for k in ("A", "A_se", "beta", "beta_se", "C", "C_se")},
-                 scale=FIT_SCALE, reason=f.reason or "", notes="; ".join(f.notes)) for f in report.fits]
-    pd.DataFrame(fits, columns=["dataset", "series", "n_sizes", "weighted", "A", "A_se", "beta", "beta_se",
-                                "C", "C_se", "scale", "reason", "notes"]).to_csv(paths[2], index=False)
+    pd.DataFrame([_fit_record(f) for f in report.fits], columns=list(FIT_COLUMNS)).to_csv(paths[2], index=False)
     return paths
 
 
+def _tuning_record(row: ReportRow) -> dict[str, Any]:
+    t = row.tuning
+    if t is None:
+        return {name: (0 if name == "tuning_trials" else "" if name == "search_limited" else math.nan)
+                for name in _TUNING}
+    half = t.best_of_k[math.ceil(t.n_trials / 2) - 1][0]
+    nan = (lambda v: math.nan if v is None else v)
+    return dict(tuning_trials=t.n_trials, best_val_at_budget_mean=t.best_of_k[-1][0],
+                best_val_at_budget_std=t.best_of_k[-1][1], best_val_at_half_mean=half,
+                gain_last_doubling=t.gain_last_doubling, search_limited_noise=t.noise,
+                search_limited="yes" if t.search_limited else "no", rerun_test_worst_mean=nan(t.rerun_test_mean),
+                rerun_test_worst_std=nan(t.rerun_test_std), rerun_test_worst_low=nan(t.rerun_test_low),
+                rerun_test_worst_high=nan(t.rerun_test_high))
+
+
+def _fit_record(fit: Any) -> dict[str, Any]:
+    slope, law = fit.slope, fit.law
+    pair = (lambda v: (None, None) if v is None else v)
+    return dict(dataset=fit.dataset, series=fit.label, axis=fit.axis, n_sizes=fit.n_sizes, weighted=fit.weighted,
+                slope=slope.slope if slope else None, slope_low=pair(fit.slope_interval)[0],
+                slope_high=pair(fit.slope_interval)[1], p_falling=fit.p_falling,
+                slope_dof=slope.dof if slope else None, A=law.A if law else None, beta=law.beta if law else None,
+                beta_low=pair(fit.beta_interval)[0], beta_high=pair(fit.beta_interval)[1],
+                C=law.C if law else None, law_dof=law.dof if law else None, trend=law.trend if law else "",
+                flagged=bool((slope and slope.flagged) or (law and law.flagged)), n_boot=fit.n_boot,
+                scale=FIT_SCALE, reason=fit.reason or "", notes="; ".join(fit.notes))
+
+
+TUNING_TEXT = (
+    "Tuning noise, from each cell's finished search trials (m of them): \"best val @m\" is the expected best "
+    "validation worst-group accuracy of a search of m trials drawn from these (± its standard deviation; "
+    "exact order statistics, Dodge et al. 2019); \"search-limited?\" is yes when going from ⌈m/2⌉ to m trials "
+    "raised that expectation by more than the cell's seed standard error (the curve's error bar; the sd of the "
+    "best of m without 2 final seeds), i.e. doubling the search would likely move the point visibly; "
+    "\"re-run search: test worst\" is the test worst-group accuracy a re-run search would choose, its "
+    f"standard deviation and {100 * RERUN_RANGE[0]:g}–{100 * RERUN_RANGE[1]:g}% range (from the search trials' "
+    "own one-seed test values; a lower bound: it errs narrow).")
+FAILED_TEXT = (f"\"failed seeds\": final seeds on which the chosen config diverged. They are not in the means; "
+               f"the notes give the mean with each counted as {100 * DIVERGED_WORST:g}% worst-group accuracy "
+               "(`test_worst_all_*` in cells.csv).")
+
+
 def markdown(report: StudyReport) -> str:
-    """The report as Markdown: the selection rule and interval definition, a cell table, a fit table."""
+    """The report as Markdown: the rules, a cell table with tuning noise, a fit table."""
     ci = f"{100 * report.confidence:g}% CI"
-    head = ["dataset", "model", "params", "objective", "pretrained", "status", "seeds",
+    head = ["dataset", "model", "params", "objective", "pretrained", "status", "seeds", "failed seeds",
             *(f"{title} (mean ± std, {ci})" for _, title in _ESTIMATES),
-            "val worst-group % (chosen)", "trials spent", "chosen config", "notes"]
+            "val worst-group % (chosen)", "trials spent", "best val @m % (± sd)", "search-limited?",
+            "re-run search: test worst % (sd) [range]", "chosen config", "notes"]
     lines = ["# wgtune report", "", f"- Model selection: {report.rule}.", f"- Intervals: {report.interval}.",
-             f"- \"{SEARCH_ONLY}\": {SEARCH_ONLY_NOTE.split(': ', 1)[1]}.",
+             f"- \"{SEARCH_ONLY}\": {SEARCH_ONLY_NOTE.split(': ', 1)[1]}.", f"- {FAILED_TEXT}", f"- {TUNING_TEXT}",
              f"- Missing cells: {', '.join(report.missing) or 'none'}.", *(f"- {n}" for n in report.notes), "",
              _md_row(head), _md_row(["---"] * len(head))]
     for row in report.rows:
         cells = [row.dataset or "?", row.model or row.cell_id, format_count(row.n_params) if row.n_params else "?",
                  row.objective or "?", ("yes" if row.pretrained else "no") if row.dataset else "?", row.status,
-                 str(row.n_seeds)]
+                 str(row.n_seeds), str(row.n_failed) if row.n_failed else "0"]
         cells += [format_estimate(getattr(row, name), 1.0 if name == "disparity" else 100.0, row.status)
                   for name, _ in _ESTIMATES]
         cells += ["—" if row.chosen_val_worst is None else f"{100 * row.chosen_val_worst:.1f}",
-                  str(row.trials_spent), format_config(row.chosen_config) or "—", "; ".join(row.notes)]
+                  str(row.trials_spent), *_tuning_cells(row), format_config(row.chosen_config) or "—",
+                  "; ".join(row.notes)]
         lines.append(_md_row(cells))
-    lines += ["", f"## Power-law fits of test worst-group error: L(N) = A·(N/{format_count(FIT_SCALE)})^(-β) + C",
-              "", "Over the cells with final seeds (≥ 4 sizes); weighted by each mean's standard error when every "
-              "point has ≥ 2 seeds; ± is the fit's standard error.", "",
-              _md_row(["dataset", "series", "sizes", "A", "β", "C", "weighted", "notes"]), _md_row(["---"] * 8)]
+    lines += ["", "## Scaling fits of test worst-group error", "",
+              "One series per parameterisation (data set, family, objective, pretraining and the one architecture "
+              "axis its sizes vary along). Two forms, both free to rise or fall: the log-log slope, "
+              "log L = a + s·log N (s < 0: error falls with size), and the power law "
+              f"L(N) = A·(N/{format_count(FIT_SCALE)})^(-β) + C (A < 0: error rises towards C). Over cells with "
+              "final seeds, weighted by each mean's standard error when every point has ≥ 2 seeds. Intervals "
+              f"[{ci}] are percentile bootstraps that resample every cell's final seeds and its search outcome; "
+              "P(falling) is the share of bootstrap slopes below 0. A fit with fewer than 2 residual degrees of "
+              "freedom is marked ⚠ and its parameters are not determined.", "",
+              _md_row(head_fits := ["dataset", "series", "axis", "sizes", "slope s [CI]", "P(falling)",
+                                    "A", "β [CI]", "C", "trend", "weighted", "notes"]),
+              _md_row(["---"] * len(head_fits))]
     for fit in report.fits:
-        law = fit.law
-        nums = (["—"] * 3 if law is None
-                else [_pm(law.A, law.A_se), _pm(law.beta, law.beta_se), _pm(law.C, law.C_se)])
-        lines.append(_md_row([fit.dataset, fit.label, str(fit.n_sizes), *nums, "yes" if fit.weighted else "no",
+        law, slope = fit.law, fit.slope
+        slope_text = "—" if slope is None else _with_interval(slope.slope, fit.slope_interval) + _warn(slope.flagged)
+        law_cells = (["—"] * 3 if law is None else
+                     [f"{law.A:.3g}", _with_interval(law.beta, fit.beta_interval) + _warn(law.flagged),
+                      f"{law.C:.3g}"])
+        lines.append(_md_row([fit.dataset, fit.label, fit.axis, str(fit.n_sizes), slope_text,
+                              "—" if fit.p_falling is None else f"{fit.p_falling:.2f}", *law_cells,
+                              law.trend if law else "—", "yes" if fit.weighted else "no",
                               "; ".join(filter(None, (fit.reason, *fit.notes)))]))
     return "\n".join(lines) + "\n"
+
+
+def _tuning_cells(row: ReportRow) -> list[str]:
+    t = row.tuning
+    if t is None:
+        return ["—", "—", "—"]
+    mean, sd = t.best_of_k[-1]
+    rerun = "—"
+    if t.rerun_test_mean is not None:
+        rerun = (f"{100 * t.rerun_test_mean:.1f} ({100 * t.rerun_test_std:.1f}) "  # type: ignore[operator]
+                 f"[{100 * t.rerun_test_low:.1f}, {100 * t.rerun_test_high:.1f}]")  # type: ignore[operator]
+    return [f"{100 * mean:.1f} ± {100 * sd:.1f} (m={t.n_trials})", "yes" if t.search_limited else "no", rerun]
+
+
+def _with_interval(value: float, interval: tuple[float, float] | None) -> str:
+    return f"{value:.3g}" + ("" if interval is None else f" [{interval[0]:.3g}, {interval[1]:.3g}]")
+
+
+def _warn(flagged: bool) -> str:
+    return " ⚠" if flagged else ""
 
 
 def format_count(n: float) -> str:
@@ -126,10 +217,6 @@ def _short(value: str) -> str:
     except ValueError:
         return value
     return value if value.lstrip("-").isdigit() else f"{number:.3g}"
-
-
-def _pm(value: float, se: float | None) -> str:
-    return f"{value:.3g} ± {se:.2g}" if se is not None else f"{value:.3g} (se undetermined)"
 
 
 def _md_row(cells: Sequence[str]) -> str:

@@ -14,14 +14,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from wgtune.run.plan import PlannedCell, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, render
 from wgtune.search.priors import CellPriors, cell_priors
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid, expand_study_dir
-from wgtune.tracking.records import CellRecord
+from wgtune.tracking.records import STUDY_VIEW_KEY, CellRecord
 from wgtune.tracking.spool import SPOOL_FOLDER
 from wgtune.tracking.store import (
     artifact_root,
@@ -29,10 +29,16 @@ from wgtune.tracking.store import (
     is_local_store,
     redact,
     resolve_tracking_uri,
+    runs_view_url,
     sqlite_path,
+    ui_address,
 )
 from wgtune.tracking.summary import CellSummary
 from wgtune.tracking.tracker import StudyTracker
+from wgtune.tracking.writer import TrackingWriteError
+
+if TYPE_CHECKING:
+    from wgtune.report.build import StudyReport
 
 Print = Callable[[str], None]
 
@@ -66,10 +72,12 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
     study_dir = expand_study_dir(grid)
     tracker = StudyTracker(uri, grid.spec.study, artifact_root(study_dir) if is_local_store(uri) else None,
                            spool_dir=study_dir / SPOOL_FOLDER)
+    experiment_id = tracker.experiment_id
     try:
         _recover(tracker, print_line)
         cells = _plan_launch(grid, tracker, print_line)
         print_line(_headline(grid, cells, uri, study_dir))
+        print_line(browse_line(grid, tracker))
         if any(c.budget.has_work for c in cells):
             experiment = Experiment(grid)
             print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
@@ -89,6 +97,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                     print_line(f"{missing} trial(s) not recovered by the restored experiment: running them in a "
                                "new experiment, warm-started from MLflow")
                     _run(grid, rerun, tracker, Experiment(grid), options, print_line, trial_fn)
+        _summarise_cells(grid, tracker, print_line)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
         if not _written(tracker, options.store_wait_s, print_line):
@@ -99,9 +108,30 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
     print_line(
         f"next: wgtune status --grid {grid.path}   (progress per cell)\n"
         f"      wgtune report --grid {grid.path}   (tables and curves over model size)\n"
-        f"      wgtune ui --grid {grid.path}       (browse every trial in the MLflow UI; store: {redact(uri)})"
+        f"      wgtune ui --grid {grid.path}       (browse every trial in the MLflow UI; store: {redact(uri)})\n"
+        f"      {browse_line(grid, None, uri, experiment_id)}"
     )
     return final
+
+
+def browse_line(grid: Grid, tracker: StudyTracker | None, uri: str | None = None,
+                experiment_id: str | None = None) -> str:
+    """`browse the study: <address of its runs view>`, saying when `wgtune ui` must run first (local store)."""
+    uri = uri or (tracker.uri if tracker else resolve_tracking_uri(grid.study_dir))
+    experiment_id = experiment_id or (tracker.experiment_id if tracker else "")
+    address = ui_address(uri)
+    if address is None:
+        return f"browse the study: experiment {grid.spec.study!r} (id {experiment_id}) in your tracking server's UI"
+    url = runs_view_url(address, experiment_id, STUDY_VIEW_KEY)
+    return f"browse the study: {url}" + (f"   (once `wgtune ui --grid {grid.path}` runs)" if is_local_store(uri) else "")
+
+
+def _summarise_cells(grid: Grid, tracker: StudyTracker, print_line: Print) -> None:
+    """Log every cell's summary on its parent run and save the study's runs view (the launch closes its cells)."""
+    try:
+        log_cell_summaries(grid, tracker, n_boot=0)  # the rows only: no need for the fits' bootstrap here
+    except TrackingWriteError as err:  # a summary is a convenience: the study's trials are what must land
+        print_line(f"could not log the cells' summaries to the tracking store ({err}); `wgtune report` logs them")
 
 
 class Experiment:
@@ -274,7 +304,8 @@ def status(grid: Grid, tracking_uri: str | None = None) -> str:
     uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
     with _existing_study(grid, tracking_uri) as tracker:
         rows = status_rows(grid, tracker)
-    return render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})")
+        browse = browse_line(grid, tracker)
+    return render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})") + "\n" + browse
 
 
 @contextmanager
@@ -295,21 +326,44 @@ def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTrack
         yield tracker
 
 
-def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None) -> list[Path]:
-    """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report)
-    and logged on the study-level run "<study> · report". A partial study marks missing cells."""
-    from wgtune.report.build import build_report
+def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
+           select: str | None = None) -> list[Path]:
+    """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report, or
+    report-<rule> for another selection rule than the study's) and logged on the study-level run
+    "<study> · report"; under the study's rule each cell's summary is logged on its parent run too.
+    A partial study marks missing cells."""
+    from wgtune.report.build import DEFAULT_RULE, SELECTION_RULES, build_report
     from wgtune.report.figures import write_figures
     from wgtune.report.tables import write_tables
 
-    folder = out or grid.study_dir / "report"
+    select = select or DEFAULT_RULE
+    if select not in SELECTION_RULES:
+        raise UserError(f"--select {select!r} is not a selection rule; valid: {', '.join(SELECTION_RULES)}")
+    name = "report" if select == DEFAULT_RULE else f"report-{select}"
+    folder = out or grid.study_dir / name
     with _existing_study(grid, tracking_uri) as tracker:
-        cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
-        built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()])
+        if select == DEFAULT_RULE:
+            built = log_cell_summaries(grid, tracker)
+        else:  # what another rule would have chosen: read only, the cells' runs keep the study's own choice
+            cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
+            built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()],
+                                 select=select)
         folder.mkdir(parents=True, exist_ok=True)
         files = write_tables(built, folder) + write_figures(built, folder)
-        tracker.log_study_files(f"{grid.spec.study} · report", files, "report")
+        tracker.log_study_files(f"{grid.spec.study} · report", files, name)
     return files
+
+
+def log_cell_summaries(grid: Grid, tracker: StudyTracker, n_boot: int | None = None) -> StudyReport:
+    """The study's report from MLflow; each cell's summary (`report.build.cell_metrics`) is logged on its
+    parent run and the study's runs view saved on its experiment, so the MLflow UI shows them."""
+    from wgtune.report.build import build_report, cell_metrics
+
+    cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
+    built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()], n_boot=n_boot)
+    tracker.log_cell_metrics({row.cell_id: cell_metrics(row) for row in built.rows})
+    tracker.publish_view()
+    return built
 
 
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:

@@ -57,6 +57,22 @@ cell's own is its id), the seed (every trial has its own), the device it ran on,
 came from the decoded cache (the same pixels, tested), when test was evaluated (selection reads
 validation only), and whether the model was compiled (the same function)."""
 PARENT_RUN_TAG, RUN_NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+"""MLflow 3's UI reads this experiment tag to open an experiment on its "Model training" views rather than its
+GenAI ones; the value is the UI's `ExperimentKind.CUSTOM_MODEL_DEVELOPMENT` (mlflow/server/js, MLflow 3.17)."""
+SHARED_VIEW_TAG_PREFIX, STUDY_VIEW_KEY = "mlflow.sharedViewState.", "wgtune"
+"""An experiment tag `mlflow.sharedViewState.<key>` holds a runs-table view (columns, sort, expanded rows) that
+the UI applies when the address carries `viewStateShareKey=<key>` (MLflow 3.17's shared views)."""
+CELL_METRIC_PREFIX = "cell/"
+CELL_BEST_VAL_WORST, CELL_TEST_WORST_MEAN, CELL_TEST_WORST_LOW, CELL_TEST_WORST_HIGH = (
+    f"{CELL_METRIC_PREFIX}{name}" for name in ("best_val_worst_acc", "test_worst_acc_mean", "test_worst_acc_low",
+                                               "test_worst_acc_high"))
+CELL_TRIALS_SPENT, CELL_FINAL_SEEDS, CELL_FAILED_SEEDS = (
+    f"{CELL_METRIC_PREFIX}{name}" for name in ("trials_spent", "final_seeds", "failed_seeds"))
+CELL_METRICS = (CELL_TEST_WORST_MEAN, CELL_TEST_WORST_LOW, CELL_TEST_WORST_HIGH, CELL_BEST_VAL_WORST,
+                CELL_TRIALS_SPENT, CELL_FINAL_SEEDS, CELL_FAILED_SEEDS)
+"""A cell's summary, logged on its parent run (by the report, and by a launch as it closes the cell) so the
+runs table can show and sort cells by it; in the order the study's view shows them."""
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_STATUSES = ("RUNNING", "SCHEDULED", *END_STATUSES)
 # MLflow 3 accepts 8000 characters in a tag value, older servers 5000; error.txt has the rest.

@@ -84,6 +84,31 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+"""Where `wgtune ui` serves the MLflow UI of a local store unless told otherwise."""
+RUNS_VIEW = "/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view}"
+"""The runs table of an experiment in MLflow 3's UI (hash routes `/experiments/:experimentId/runs`), on its
+model-training views (`workflowType=machine_learning`; without it the UI opens on GenAI views), with a view
+saved on the experiment applied (`viewStateShareKey`, `records.STUDY_VIEW_KEY`)."""
+
+
+def ui_address(uri: str, host: str = UI_HOST, port: int = UI_PORT) -> str | None:
+    """The MLflow UI that shows the store `uri`: `wgtune ui`'s for a local store, the server itself for an
+    http(s) one (credentials removed); None for stores with a UI elsewhere (Databricks)."""
+    scheme = urlsplit(uri).scheme.lower()
+    if is_local_store(uri):
+        return f"http://{host}:{port}"
+    if scheme in ("http", "https"):
+        parts = urlsplit(_USERINFO.sub(r"\1", uri))
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    return None
+
+
+def runs_view_url(address: str, experiment_id: str, view: str) -> str:
+    """The address of the study's runs view on the UI at `address` (`RUNS_VIEW`)."""
+    return address.rstrip("/") + RUNS_VIEW.format(experiment_id=experiment_id, view=view)
+
+
 def redact(uri: str) -> str:
     """`uri` fit to print: user and password (`http://user:pass@host` -> `http://***@host`) and secret query values hidden."""
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", uri))

@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
-from trainables.metrics import SELECTION_METRIC
+from trainables.metrics import BEST_TEST_WORST, SELECTION_METRIC
 from wgtune.spec.errors import UserError
 from wgtune.tracking.records import (
+    CELL_METRICS,
     CELL_TAG,
     END_STATUSES,
     ERROR_TAG,
+    EXPERIMENT_KIND_TAG,
+    EXPERIMENT_KIND_TRAINING,
     FAILING_TAG,
     KIND_CELL,
     KIND_STUDY,
@@ -39,6 +42,8 @@ from wgtune.tracking.records import (
     PROPOSAL_TAG,
     RUN_NAME_TAG,
     RUN_STATUSES,
+    SHARED_VIEW_TAG_PREFIX,
+    STUDY_VIEW_KEY,
     TAG_VALUE_LIMIT,
     TRIAL_ID_TAG,
     CellRecord,
@@ -185,6 +190,45 @@ class StudyTracker:
         for run in parents:
             tags.setdefault(run.data.tags.get(CELL_TAG, ""), dict(run.data.tags))
         return tags
+
+    def log_cell_metrics(self, values: Mapping[str, Mapping[str, float]]) -> list[str]:
+        """Log each cell's summary (`CELL_METRICS`, by cell id) on its parent run, so the runs table shows
+        and sorts cells by it; returns the cells that have no parent run (nothing logged for them)."""
+        self.flush()
+        stamp = now_ms()
+
+        def log(client: MlflowClient) -> list[str]:
+            from mlflow.entities import Metric
+
+            parents: dict[str, str] = {}
+            query = f"tags.`{KIND_TAG}` = '{KIND_CELL}'"
+            for run in self._search(client, query, order_by=["attributes.start_time ASC"]):
+                parents.setdefault(run.data.tags.get(CELL_TAG, ""), run.info.run_id)
+            for cell_id, metrics in values.items():
+                if cell_id in parents and metrics:
+                    rows = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+                    client.log_batch(parents[cell_id], metrics=rows)
+            return [cell_id for cell_id in values if cell_id not in parents]
+
+        return self._call(log)
+
+    def publish_view(self) -> None:
+        """Save the study's runs-table view on its experiment (`STUDY_VIEW_KEY`): the cells' summary metrics and
+        their trials' selection and test metrics as the first columns, rows sorted by cell so that every
+        trial is in sight without unfolding its cell. `wgtune.tracking.store.runs_view_url`
+        opens it."""
+        self.flush()
+
+        def publish(client: MlflowClient) -> None:
+            columns = [_column("metrics", m) for m in (*CELL_METRICS, SELECTION_METRIC, BEST_TEST_WORST)]
+            # Columns listed first (the grid draws only the columns in sight). Rows sorted by cell: a shared view
+            # cannot carry unfolded rows (MLflow drops `runsExpanded` from it), and any sort but by date shows
+            # child runs flat, so each cell's run and its trials' runs stand together with nothing to unfold.
+            view: dict[str, Any] = {"selectedColumns": columns, "columnOrder": columns,
+                                    "orderByKey": _column("tags", CELL_TAG), "orderByAsc": True}
+            client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG_PREFIX + STUDY_VIEW_KEY, json.dumps(view))
+
+        self._call(publish)
 
     def log_study_files(self, run_name: str, files: Iterable[Path], folder: str) -> str:
         """Log files as artifacts of the study-level run `run_name` (made once, then reused)."""
@@ -421,18 +465,27 @@ def _experiment(client: MlflowClient, study: str, artifact_location: str | None,
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         try:
-            return client.create_experiment(study, artifact_location=artifact_location)
+            return client.create_experiment(study, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_TRAINING})
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":  # else another process just made it
                 raise
             experiment = client.get_experiment_by_name(study)
             assert experiment is not None
+    if experiment.lifecycle_stage != "deleted" and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND_TRAINING:
+        # A study is model training: MLflow 3's UI then opens it on its training views, not GenAI ones.
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
     if experiment.lifecycle_stage == "deleted":
         raise UserError(
             f"the MLflow experiment {study!r} in {redact(uri)} is deleted: restore it "
             f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`), "
             "remove it for good (`mlflow gc`), or give the study another name")
     return experiment.experiment_id
+
+
+def _column(kind: str, key: str) -> str:
+    """A runs-table column as MLflow's UI names it (`makeCanonicalSortKey`): metrics.`best/val_worst_acc`."""
+    return f"{kind}.`{key}`"
 
 
 def _literal(value: str) -> str:

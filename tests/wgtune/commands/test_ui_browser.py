@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from wgtune.commands.ui import ui_command
+from wgtune.commands.ui import study_address, ui_command
 from wgtune.run.study import LaunchOptions, launch
 from wgtune.spec.grid import load_grid
+from wgtune.tracking.records import CELL_METRICS, CELL_TEST_WORST_MEAN, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -44,14 +46,14 @@ datasets: [spurious_digits]
 models: {resnet: [10x0.25]}
 objectives: [erm, groupdro]
 epochs: 1
-final_seeds: 0
+final_seeds: 2
 search: {num_samples: 2, max_concurrent: 2, n_startup: 2}
 resources: {cpu: 1}
 train: {image_size: 16}
 """
 # The names a person looks for: one parent run per cell, one child run per trial.
 CELLS = ["spurious_digits · resnet-10x0.25 · erm", "spurious_digits · resnet-10x0.25 · groupdro"]
-TRIALS = {cell: [f"{cell} · trial {n}" for n in (1, 2)] for cell in CELLS}
+TRIALS = {cell: [f"{cell} · trial {n}" for n in (1, 2, 3, 4)] for cell in CELLS}  # 2 search trials, 2 final seeds
 
 
 @pytest.fixture(scope="module")
@@ -146,34 +148,49 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(300)
-def test_the_mlflow_ui_shows_the_study_its_cells_and_their_trials(page: Page, study, mlflow_ui: UI, ray_local):
+def test_the_printed_address_opens_the_study_with_its_trials_and_cell_summaries(page: Page, study, mlflow_ui: UI,
+                                                                                 ray_local):
+    """A person follows the address `wgtune launch` and `wgtune ui` print, and sees without a click: every cell,
+    every trial under it, and each cell's summary metrics as columns."""
+    from mlflow import MlflowClient
     from playwright.sync_api import expect
 
     path, uri = study
-    launch(load_grid(path), LaunchOptions(tracking_uri=uri, progress_every_s=3600), lambda _: None)
+    grid = load_grid(path)
+    printed: list[str] = []
+    launch(grid, LaunchOptions(tracking_uri=uri, progress_every_s=3600), printed.append)  # real (tiny) trials
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("e2e-browser")
+    assert experiment is not None and experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND_TRAINING
+    view = f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=wgtune"
+    assert any(f"browse the study: http://127.0.0.1:5000{view}" in line for line in printed), printed
+    parents = client.search_runs([experiment.experiment_id], "tags.`wgtune.kind` = 'cell'")
+    assert len(parents) == 2 and all(set(CELL_METRICS) <= set(run.data.metrics) for run in parents)
+    port = int(mlflow_ui.url.rsplit(":", 1)[1])
+    address = study_address(grid, uri, "127.0.0.1", port)  # what `wgtune ui --port <port>` prints
+    assert address == mlflow_ui.url + view
     mlflow_ui.wait_until_up()
     ARTIFACTS.mkdir(exist_ok=True)
 
     try:
-        page.goto(f"{mlflow_ui.url}/#/experiments")
-        # MLflow 3's UI opens on its GenAI views; runs with parents and children are under "Model training".
-        page.get_by_role("button", name="Model training", exact=True).click()
-        study_link = page.get_by_role("link", name="e2e-browser", exact=True)
-        expect(study_link).to_be_visible(timeout=STEP_MS)
-        screenshot(page, "experiments")
-        study_link.click()
-
+        page.goto(address)
         for cell in CELLS:
             expect(page.get_by_role("link", name=cell, exact=True)).to_be_visible(timeout=STEP_MS)
-        for trial in (t for trials in TRIALS.values() for t in trials):
-            expect(page.get_by_role("link", name=trial, exact=True)).to_have_count(0)  # nested, folded
-        tidy_for_screenshot(page)
-        for cell in CELLS:
-            # The expander is the one button in the cell's row: its Run Name cell's [+].
-            page.get_by_role("row").filter(has=page.get_by_role("link", name=cell, exact=True)).get_by_role(
-                "button").click()
-            for trial in TRIALS[cell]:
+            for trial in TRIALS[cell]:  # unfolded by the study's view: no click on [+]
                 expect(page.get_by_role("link", name=trial, exact=True)).to_be_visible(timeout=STEP_MS)
+        for metric in CELL_METRICS[:3]:  # test worst-group mean and interval
+            expect(page.locator(".ag-header-cell").filter(has_text=metric).first).to_be_visible(timeout=STEP_MS)
+        for run in parents:  # each cell's row shows its test worst-group mean
+            # The grid draws a row twice, its pinned part (the name) and its scrolling part (the metrics).
+            named = page.locator(".ag-row").filter(has=page.get_by_role("link", name=run.info.run_name, exact=True))
+            index = named.first.get_attribute("row-index")
+            cell = page.locator(f".ag-center-cols-container .ag-row[row-index='{index}'] "
+                                f"[col-id='metrics.`{CELL_TEST_WORST_MEAN}`']")
+            expect(cell).to_have_text(re.compile(r"^\d"))
+            assert float(cell.inner_text()) == pytest.approx(run.data.metrics[CELL_TEST_WORST_MEAN], abs=1e-3)
+        expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()  # the training views, not GenAI's
+        assert "workflowType=machine_learning" in page.url
+        tidy_for_screenshot(page)
         shot = screenshot(page, "runs")
     except BaseException:
         with contextlib.suppress(Exception):  # the test's own error is the one to see
