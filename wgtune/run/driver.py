@@ -43,7 +43,6 @@ class RunSettings:
     scheduler: str
     grace_period: int
     max_failures: int
-    epochs: int
     n_startup: int
     address: str | None = None
     progress_every_s: float = 30.0
@@ -51,12 +50,12 @@ class RunSettings:
 
     @classmethod
     def for_grid(cls, grid: Grid, name: str, **overrides: Any) -> RunSettings:
-        """The settings of a grid's `search` block and epochs, under its Tune storage; `overrides`
+        """The settings of a grid's `search` block, under its Tune storage; `overrides`
         (the CLI's address, a restore, how often to print the table) win."""
         search = grid.spec.search
         settings = {"storage": grid.storage, "name": name, "max_concurrent": search.max_concurrent,
                     "scheduler": search.scheduler, "grace_period": search.grace_period,
-                    "max_failures": search.max_failures, "epochs": grid.spec.epochs, "n_startup": search.n_startup}
+                    "max_failures": search.max_failures, "n_startup": search.n_startup}
         return cls(**{**settings, **overrides})
 
 
@@ -120,7 +119,8 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(router, max_concurrent=settings.max_concurrent),
-            scheduler=make_scheduler(settings.scheduler, settings.grace_period, settings.epochs,
+            scheduler=make_scheduler(settings.scheduler, settings.grace_period,
+                                     {c.cell.id: c.base_config["epochs"] for c in cells},
                                      history={c.cell.id: c.priors.curves for c in cells if c.priors}),
             # No count: a trial that fails for good gets a replacement, so the router alone knows
             # when the work is done, and says so with FINISHED.

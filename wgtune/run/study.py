@@ -63,6 +63,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
 
     plan_cells(grid)  # every cell's search space is valid, before anything is created
     check_data(grid)
+    check_weights(grid)
     check_study_dir(grid)  # before the tracking check: the default store lives in the study folder
     uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
     check_tracking(uri)
@@ -246,6 +247,21 @@ def record_priors(tracker: StudyTracker, cells: list[PlannedCell], restore: bool
     return len(chosen)
 
 
+def check_weights(grid: Grid) -> dict[str, str]:
+    """Every pretrained cell's weights are on this machine: the source each will load, by cell id, or one
+    message naming the model, what was asked for, and which sizes or tags have weights."""
+    from trainables.models import PretrainedWeightsError, check_pretrained
+
+    sources = {}
+    for cell in grid.cells():
+        if cell.pretrained:
+            try:
+                sources[cell.id] = check_pretrained(cell.model, grid.weights(cell))
+            except PretrainedWeightsError as err:
+                raise UserError(f"{grid.path}: weights: {err}") from None
+    return sources
+
+
 def check_data(grid: Grid) -> None:
     """Every data set of the grid is on disk, or one message naming the grid's data_root."""
     from trainables.datasets import DataNotFoundError, check_dataset
@@ -388,14 +404,15 @@ def describe(grid: Grid, tracking_uri: str | None = None) -> str:
     search = grid.spec.search
     lines = [
         _headline(grid, cells, uri, study_dir),
-        f"per cell: {search.num_samples} trials of {grid.spec.epochs} epochs, TPE after {search.n_startup} random; "
+        f"per cell: {search.num_samples} trials, TPE after {search.n_startup} random; "
         f"{search.max_concurrent} trials at once in the study; scheduler {search.scheduler}; "
         f"retries {search.max_failures}; then the chosen config on {grid.spec.final_seeds} final seeds",
     ]
     for planned in cells:
         r = planned.resources
         lines.append(f"\n{planned.cell.label}  [{planned.cell.id}]")
-        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget.search} search trials")
+        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget.search} search trials "
+                     f"of {planned.base_config['epochs']} epochs, augment {planned.base_config['augment']}")
         lines.extend(f"  {line}" for line in planned.space.describe())
     return "\n".join(lines)
 
@@ -405,12 +422,14 @@ def cell_record(planned: PlannedCell) -> CellRecord:
     and class count the cell trains with (a ViT's position embedding depends on the size)."""
     from trainables.config import TrialConfig
     from trainables.datasets import DATASETS
-    from trainables.models import count_parameters, resolve
+    from trainables.models import check_pretrained, count_parameters, resolve
     from trainables.training import resolve_preprocessing
 
     cell = planned.cell
     prep = resolve_preprocessing(resolve(cell.model), cell.dataset, TrialConfig.from_mapping(planned.base_config))
-    return CellRecord.of(cell, count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size))
+    weights = check_pretrained(cell.model, planned.base_config["weights"]) if cell.pretrained else ""
+    return CellRecord.of(cell, count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size),
+                         weights)
 
 
 def _headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:

@@ -20,10 +20,11 @@ Curves = Mapping[str, Sequence[tuple[int, float]]]
 """A cell's earlier trials' early-stopping metric by epoch: run id -> ((epoch, value), ...)."""
 
 
-def make_scheduler(name: str, grace_period: int, max_t: int, history: Mapping[str, Curves] | None = None
-                   ) -> FIFOScheduler:
-    """The experiment's trial scheduler: per-cell ASHA, its rungs seeded with each cell's `history`
-    (per cell id), or first-in-first-out (no early stopping)."""
+def make_scheduler(name: str, grace_period: int, max_t: int | Mapping[str, int],
+                   history: Mapping[str, Curves] | None = None) -> FIFOScheduler:
+    """The experiment's trial scheduler: per-cell ASHA over `max_t` epochs (one number, or per cell id:
+    data sets train for different lengths), its rungs seeded with each cell's `history` (per cell id),
+    or first-in-first-out (no early stopping)."""
     if name == "asha":
         return CellASHA(grace_period=grace_period, max_t=max_t, history=history)
     return FIFOScheduler()
@@ -41,10 +42,11 @@ class CellASHA(FIFOScheduler):
     A restored experiment brings its rungs back with Tune's state and is not seeded.
     """
 
-    def __init__(self, grace_period: int, max_t: int, reduction_factor: float = 3,
+    def __init__(self, grace_period: int, max_t: int | Mapping[str, int], reduction_factor: float = 3,
                  history: Mapping[str, Curves] | None = None) -> None:
         super().__init__()
-        self._options = {"grace_period": min(grace_period, max_t), "max_t": max_t, "reduction_factor": reduction_factor}
+        self._grace_period, self._reduction_factor = grace_period, reduction_factor
+        self._max_t = max_t if isinstance(max_t, int) else dict(max_t)
         self._cells: dict[str, AsyncHyperBandScheduler] = {}
         self._history = {cell: dict(curves) for cell, curves in (history or {}).items()}
         # Final-seed re-trainings of a chosen config run to the end: a seed stopped at a rung
@@ -56,8 +58,10 @@ class CellASHA(FIFOScheduler):
             return self._final
         cell = trial.config["cell"]
         if cell not in self._cells:
+            max_t = self._max_t if isinstance(self._max_t, int) else self._max_t[cell]
             self._cells[cell] = AsyncHyperBandScheduler(
-                time_attr="training_iteration", metric=STEP_METRIC, mode="max", **self._options
+                time_attr="training_iteration", metric=STEP_METRIC, mode="max", max_t=max_t,
+                grace_period=min(self._grace_period, max_t), reduction_factor=self._reduction_factor,
             )
             seed_rungs(self._cells[cell], self._history.pop(cell, {}))
         return self._cells[cell]

@@ -122,7 +122,9 @@ class GridFile(_Strict):
     models: Union[list[str], dict[str, list[Union[str, int, float]]]]
     pretrained: Union[bool, list[bool]] = False
     objectives: Union[list[str], dict[str, ObjectiveSettings]]
-    epochs: int = Field(ge=1)
+    epochs: Union[int, dict[str, int], None] = Field(None, description="every data set's, or per data set")
+    augment: Union[str, dict[str, str]] = Field("none", description="training augmentation, or per data set")
+    weights: dict[str, str] = Field(default_factory=dict, description="pretrained source per model family")
     search: SearchSettings = SearchSettings()
     resources: Resources = Resources()
     search_space: dict[str, SpaceSpec] = Field(default_factory=dict)
@@ -244,10 +246,35 @@ class Grid:
         chosen = overrides.get(cell.model) or overrides.get(cell.family)
         return chosen or ResourceSpec(cpu=self.spec.resources.cpu, gpu=self.spec.resources.gpu)
 
+    def epochs(self, dataset: str) -> int:
+        """The training length of a data set's cells: the grid's (one number, or per data set), else the
+        data set's own default (the original study's, `DatasetSpec.default_epochs`)."""
+        given = self.spec.epochs
+        if isinstance(given, int):
+            return given
+        if given and dataset in given:
+            return given[dataset]
+        from trainables.datasets import DATASETS
+
+        default = DATASETS.get(dataset).default_epochs
+        if default is None:
+            raise GridError(f"{self.path}: epochs: required: data set {dataset!r} has no reference training length; "
+                            f"set epochs: N, or epochs: {{{dataset}: N}}")
+        return default
+
+    def augment(self, dataset: str) -> str:
+        """The training augmentation of a data set's cells (`none` unless the grid says)."""
+        given = self.spec.augment
+        return given if isinstance(given, str) else given.get(dataset, "none")
+
+    def weights(self, cell: Cell) -> str | None:
+        """The pretrained source a pretrained cell asks for (its family's `weights`), else None."""
+        return self.spec.weights.get(cell.family) if cell.pretrained else None
+
     def space_overrides(self, cell: Cell) -> dict[str, Any]:
-        """Grid overrides of the search space, applied in order: all, family, objective, model."""
+        """Grid overrides of the search space, applied in order: all, data set, family, objective, model."""
         merged: dict[str, Any] = {}
-        for key in ("all", cell.family, cell.objective, cell.model):
+        for key in ("all", cell.dataset, cell.family, cell.objective, cell.model):
             merged.update(self.spec.search_space.get(key, {}))
         return merged
 
@@ -292,11 +319,39 @@ def _check_names(grid: Grid) -> None:
         _lookup(path, f"datasets.{dataset}", lambda: merge_options(f"dataset {dataset!r}", spec.defaults, grid.dataset_options(dataset)))
     for model in grid.model_ids():
         _lookup(path, "models", lambda: resolve(model))
+    _check_dataset_settings(grid)
     for objective in grid.objective_names():
         _lookup(path, "objectives", lambda: OBJECTIVES.get(objective))
         cls = OBJECTIVES.get(objective)
         options = grid.objective_settings(objective).options
         _lookup(path, f"objectives.{objective}.options", lambda: merge_options(f"objective {objective!r}", cls.defaults, options))
+
+
+def _check_dataset_settings(grid: Grid) -> None:
+    """Per-data-set settings name data sets of the grid and valid values; every data set has a length;
+    `weights` names model families of the grid."""
+    from trainables.augment import AUGMENTATIONS
+
+    path, datasets = grid.path, grid.dataset_names()
+    for key in ("epochs", "augment"):
+        given = getattr(grid.spec, key)
+        if isinstance(given, dict):
+            for name in given:
+                if name not in datasets:
+                    raise GridError(f"{path}: {key}.{name}: not a data set of this grid.{did_you_mean(name, datasets)}"
+                                    f" Valid: {', '.join(datasets)}")
+    if isinstance(grid.spec.epochs, dict) and any(v < 1 for v in grid.spec.epochs.values()):
+        raise GridError(f"{path}: epochs: every data set's training length must be >= 1 epoch")
+    if isinstance(grid.spec.epochs, int) and grid.spec.epochs < 1:
+        raise GridError(f"{path}: epochs: must be >= 1 (got {grid.spec.epochs})")
+    for dataset in datasets:
+        grid.epochs(dataset)
+        _lookup(path, "augment", lambda: AUGMENTATIONS.get(grid.augment(dataset)))
+    families = sorted({c.family for c in grid.cells()})
+    for family in grid.spec.weights:
+        if family not in families:
+            raise GridError(f"{path}: weights.{family}: not a model family of this grid.{did_you_mean(family, families)}"
+                            f" Valid: {', '.join(families)}")
 
 
 def _lookup(path: Path, key: str, check: Any) -> None:
@@ -317,12 +372,21 @@ def _matches(rule: Filter, cell: Cell) -> bool:
     return rule.pretrained is None or rule.pretrained == cell.pretrained
 
 
+_UNION_BRANCHES = frozenset({"int", "str", "float", "bool", "none"})
+
+
 def _describe(path: Path, err: ValidationError) -> str:
     """One line per problem: file, dotted key, what is wrong and, for unknown keys, what is valid."""
-    lines = []
+    lines, keys = [], set()
     for problem in err.errors():
-        loc = [str(p) for p in problem["loc"] if not str(p).startswith(("list[", "dict[", "union["))]
+        # A union's branches add their type to the location (`epochs.int`, `epochs.dict[str,int]`):
+        # the user wrote `epochs`, and hears about it once, from the first branch.
+        loc = [str(p) for p in problem["loc"] if str(p) not in _UNION_BRANCHES
+               and not str(p).startswith(("list[", "dict[", "union["))]
         key = ".".join(loc) or "(top level)"
+        if key in keys and problem["type"] not in ("extra_forbidden", "missing"):
+            continue
+        keys.add(key)
         if problem["type"] == "extra_forbidden":
             valid = _fields_at(loc[:-1])
             lines.append(f"{path}: {key}: unknown key.{did_you_mean(loc[-1], valid)} Valid: {', '.join(valid)}")

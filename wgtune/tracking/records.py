@@ -150,11 +150,14 @@ class CellRecord:
     n_params: int
     objective: str
     pretrained: bool
+    weights: str = ""
+    """The pretrained source the cell's trials load (`timm:resnet18.a1_in1k`, `torchvision:...`); empty from scratch."""
 
     @classmethod
-    def of(cls, cell: Cell, n_params: int) -> CellRecord:
-        """The record of a grid cell whose model has `n_params` parameters."""
-        return cls(cell.id, cell.dataset, cell.family, cell.size, cell.model, n_params, cell.objective, cell.pretrained)
+    def of(cls, cell: Cell, n_params: int, weights: str = "") -> CellRecord:
+        """The record of a grid cell whose model has `n_params` parameters and loads `weights`."""
+        return cls(cell.id, cell.dataset, cell.family, cell.size, cell.model, n_params, cell.objective, cell.pretrained,
+                   weights)
 
     @classmethod
     def unknown(cls, cell_id: str) -> CellRecord:

@@ -204,6 +204,16 @@ def test_the_grid_asha_setting_builds_a_per_cell_asha_and_fifo_builds_fifo():
     assert type(fifo) is FIFOScheduler
 
 
+def test_each_cell_is_stopped_at_its_own_training_length():
+    """Data sets train for different lengths (grid `epochs` per data set): a cell's ASHA ends its trials at its own."""
+    asha = make_scheduler("asha", grace_period=10, max_t={HARD: 2, EASY: MAX_T})
+    short, long = make_trial(HARD, "s"), make_trial(EASY, "l")
+    asha.on_trial_add(None, short)
+    asha.on_trial_add(None, long)
+    assert [asha.on_trial_result(None, short, result(e, 0.5)) for e in (1, 2)] == [CONTINUE, STOP]
+    assert [asha.on_trial_result(None, long, result(e, 0.5)) for e in range(1, MAX_T + 1)] == [CONTINUE] * 5 + [STOP]
+
+
 def test_the_scheduler_keeps_its_per_cell_rungs_through_pickling():
     """Tune stores the scheduler with the experiment (tuner.pkl) and loads it on restore."""
     scheduler, trials = CellASHA(grace_period=1, max_t=MAX_T), {}

@@ -90,7 +90,7 @@ resources:
         (lambda t: t + "resources: {overrides: {vit: {gpus: 1}}}\n",
          r"resources.overrides.vit.gpus: unknown key. Did you mean 'gpu'\?"),
         (lambda t: t.replace("epochs: 3", "epochs: three"), r"grid.yaml: epochs: .*integer"),
-        (lambda t: t.replace("epochs: 3\n", ""), r"grid.yaml: epochs: required key is missing"),
+        (lambda t: t.replace("epochs: 3\n", ""), r"grid.yaml: epochs: required: data set .spurious_digits. has no reference training length"),
         (lambda t: t.replace("[spurious_digits]", "[waterbird]"),
          r"grid.yaml: datasets: unknown dataset 'waterbird'. Did you mean 'waterbirds'\? Valid: spurious_digits"),
         (lambda t: t.replace("[erm, groupdro]", "[erm, grouppdro]"),
@@ -158,3 +158,74 @@ def test_the_priors_block_is_validated_key_by_key(tmp_path):
         load_grid(write(tmp_path, VALID + "priors: {narrow: tight}\n"))
     with pytest.raises(GridError, match=r"priors\.neighbours: .*greater than or equal to 1"):
         load_grid(write(tmp_path, VALID + "priors: {neighbours: 0}\n"))
+
+
+PER_DATASET = """
+study: wg-test
+data_root: data
+datasets: [spurious_digits, waterbirds, celebA]
+models: {resnet: [10x0.25, 18], vit: [tiny]}
+pretrained: [false, true]
+objectives: [erm]
+"""
+
+
+def test_each_data_set_trains_for_its_own_length_and_augmentation(tmp_path):
+    from trainables.datasets import DATASETS
+
+    grid = load_grid(write(tmp_path, PER_DATASET + """
+epochs: {spurious_digits: 4, celebA: 7}
+augment: {waterbirds: standard}
+"""))
+
+    assert grid.epochs("spurious_digits") == 4 and grid.epochs("celebA") == 7
+    # A data set the grid does not name trains for its own default length (the original study's).
+    assert grid.epochs("waterbirds") == DATASETS.get("waterbirds").default_epochs
+    assert [grid.augment(d) for d in ("spurious_digits", "waterbirds", "celebA")] == ["none", "standard", "none"]
+
+
+def test_one_epochs_and_augment_hold_for_every_data_set(tmp_path):
+    grid = load_grid(write(tmp_path, PER_DATASET + "epochs: 5\naugment: standard\n"))
+
+    assert {grid.epochs(d) for d in grid.dataset_names()} == {5}
+    assert {grid.augment(d) for d in grid.dataset_names()} == {"standard"}
+
+
+def test_weights_are_chosen_per_family_for_pretrained_cells_only(tmp_path):
+    grid = load_grid(write(tmp_path, PER_DATASET + """
+epochs: 3
+weights: {resnet: "torchvision:IMAGENET1K_V1"}
+"""))
+    by_id = {c.id: c for c in grid.cells()}
+
+    assert grid.weights(by_id["waterbirds/resnet-18/erm/pretrained"]) == "torchvision:IMAGENET1K_V1"
+    assert grid.weights(by_id["waterbirds/resnet-18/erm/scratch"]) is None
+    assert grid.weights(by_id["waterbirds/vit-tiny/erm/pretrained"]) is None  # the family's default source
+
+
+def test_a_search_space_can_target_a_data_set_between_all_and_the_family(tmp_path):
+    grid = load_grid(write(tmp_path, PER_DATASET + """
+epochs: 3
+search_space:
+  all: {lr: {loguniform: [1.0e-3, 1.0e-1]}, batch_size: 64}
+  waterbirds: {lr: {loguniform: [1.0e-5, 1.0e-3]}, weight_decay: 1.0}
+  resnet: {weight_decay: 0.1}
+"""))
+    by_id = {c.id: c for c in grid.cells()}
+
+    assert grid.space_overrides(by_id["waterbirds/resnet-18/erm/scratch"]) == {
+        "lr": {"loguniform": [1.0e-5, 1.0e-3]}, "batch_size": 64, "weight_decay": 0.1}
+    assert grid.space_overrides(by_id["celebA/vit-tiny/erm/scratch"]) == {
+        "lr": {"loguniform": [1.0e-3, 1.0e-1]}, "batch_size": 64}
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("epochs: {waterbird: 3}", r"grid.yaml: epochs.waterbird: not a data set of this grid. Did you mean 'waterbirds'?"),
+    ("epochs: {waterbirds: 0}", r"grid.yaml: epochs: every data set's training length must be >= 1"),
+    ("epochs: 0", r"grid.yaml: epochs: must be >= 1"),
+    ("epochs: 3\naugment: {celebA: crop}", r"grid.yaml: augment: unknown augmentation 'crop'"),
+    ("epochs: 3\nweights: {resnt: timm}", r"grid.yaml: weights.resnt: not a model family of this grid. Did you mean"),
+])
+def test_per_data_set_settings_are_checked(tmp_path, extra, expected):
+    with pytest.raises(GridError, match=expected):
+        load_grid(write(tmp_path, PER_DATASET + extra + "\n"))
