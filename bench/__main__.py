@@ -70,6 +70,9 @@ def assemble() -> str:
     for name in BENCHMARKS:
         path = RESULTS / f"{name}.md"
         body = path.read_text().strip() if path.exists() else "_not measured yet: run `python -m bench " + name + "`_"
+        # A benchmark run again with other options writes `<name>_<variant>.md` beside its main result.
+        body += "".join(f"\n\n### {name.replace('_', ' ')}: {extra.stem[len(name) + 1:].replace('_', ' ')}\n\n"
+                        f"{extra.read_text().strip()}" for extra in sorted(RESULTS.glob(f"{name}_*.md")))
         parts.append(f"## {name.replace('_', ' ')}\n\n{body}\n")
     return "\n".join(parts)
 
