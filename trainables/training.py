@@ -13,14 +13,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainables.config import TrialConfig
 from trainables.datasets import DATASETS, GroupData, GroupSplit, Preprocessing, load_dataset
-from trainables.metrics import GroupAccuracy, group_accuracy
+from trainables.environments import ENVIRONMENTS, EnvironmentKind
+from trainables.metrics import TRAIN, GroupAccuracy, GroupLoss, GroupLossSum, group_accuracy
 from trainables.models import ModelSize, create_model, resolve
 from trainables.objectives import Objective, create_objective
+from trainables.sampling import epoch_order
+from trainables.setting import check_setting, resolve_config
 
 Report = Callable[[dict[str, float], Path], None]
 CHECKPOINT_FILE = "state.pt"
@@ -44,6 +48,7 @@ def train(
     selected by validation worst-group accuracy, and test metrics are those of that epoch.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_mapping(config)
+    cfg = TrialConfig.from_mapping(resolve_config(cfg.as_dict()))  # environments, sampler: never None below
     run = _Run.build(cfg)
     checkpoint_dir = Path(workdir) / "checkpoint"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -52,8 +57,10 @@ def train(
     metrics: dict[str, float] = dict(run.best)
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         metrics = run.train_epoch(epoch)
-        metrics.update(run.evaluate(run.data.val).as_metrics("val"))
-        metrics.update(run.evaluate(run.data.test).as_metrics("test"))
+        for name, split in (("val", run.data.val), ("test", run.data.test)):
+            accuracy, loss = run.evaluate(split)
+            metrics.update(accuracy.as_metrics(name))
+            metrics.update(loss.as_metrics(name))
         run.update_best(epoch, metrics)
         metrics.update(run.best)
         run.epoch = epoch
@@ -89,7 +96,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    env_of_group: torch.Tensor
+    environments: EnvironmentKind
     train_proportions: torch.Tensor
     epoch: int = 0
     best: dict[str, float] | None = None
@@ -101,31 +108,36 @@ class _Run:
         size = resolve(cfg.model)
         prep = resolve_preprocessing(size, cfg.dataset, cfg)
         data = load_dataset(cfg.dataset, cfg.data_root, prep, cfg.dataset_options)
+        check_setting(cfg.objective, environments=cfg.environments, sampler=cfg.sampler, options=cfg.objective_options,
+                      n_classes=data.n_classes, n_groups=data.n_groups, batch_size=cfg.batch_size)
         model = create_model(cfg.model, data.n_classes, prep.image_size, cfg.pretrained, cfg.weights).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        env_of_group = _environments(cfg.environments, data)
+        environments = ENVIRONMENTS.get(cfg.environments)
         counts = data.train_group_counts()
-        env_counts = torch.zeros(int(env_of_group.max()) + 1, dtype=torch.long).index_add_(0, env_of_group, counts)
+        env_counts = environments.counts(counts, data.n_classes, cfg.batch_size)
         objective = create_objective(cfg.objective, env_counts, cfg.objective_options)
         optimizer = _optimizer(cfg, model)
         steps = cfg.epochs * _batches_per_epoch(len(data.train), cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, steps))
         scaler = torch.amp.GradScaler(device.type, enabled=_amp(cfg, device))
-        return cls(cfg, device, data, model, objective, optimizer, scheduler, scaler, env_of_group,
+        return cls(cfg, device, data, model, objective, optimizer, scheduler, scaler, environments,
                    counts.double() / counts.sum(), best={})
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training split; returns mean statistics and the throughput."""
+        """One epoch of the trial's sampler; returns mean statistics, per-group loss and the throughput."""
         self.model.train()
         sums: dict[str, float] = {}
+        group_loss = GroupLossSum(self.data.n_groups, self.device)
         batches = images = 0
         start = time.perf_counter()
-        for x, y, g in self._batches(self.data.train, self.cfg.batch_size, shuffle_seed=self.cfg.seed * 100_003 + epoch):
-            env = self.env_of_group[g.cpu()].to(self.device, non_blocking=True)
+        order = epoch_order(self.cfg.sampler, self.data.train.g, self.data.n_groups, self.cfg.seed, epoch)
+        for x, y, g in self._batches(self.data.train, self.cfg.batch_size, order=order):
+            env = self.environments.of_batch(g, self.data.n_classes)
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
-                stats = self.objective.backward(self.model, x, y, env, self.scaler.scale)
+                stats, losses = self.objective.backward(self.model, x, y, env, self.scaler.scale)
+            group_loss.add(losses, g)
             if not math.isfinite(stats["loss"]):
                 raise DivergedError(
                     f"training loss became {stats['loss']} at epoch {epoch}, step {batches + 1} "
@@ -142,18 +154,23 @@ class _Run:
             images += len(y)
         seconds = time.perf_counter() - start
         metrics = {f"train/{key}": value / max(batches, 1) for key, value in sums.items()}
+        # Per-group cross-entropy of the training forward passes; `train/loss` stays the objective's.
+        metrics.update(group_loss.result().as_metrics(TRAIN, with_average=False))
         metrics.update({"epoch": float(epoch), "train/images_per_s": images / seconds, "lr": self.scheduler.get_last_lr()[0]})
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, split: GroupSplit) -> GroupAccuracy:
-        """Accuracy of every group of `split`."""
+    def evaluate(self, split: GroupSplit) -> tuple[GroupAccuracy, GroupLoss]:
+        """Accuracy and mean cross-entropy of every group of `split`."""
         self.model.eval()
         correct = []
-        for x, y, _ in self._batches(split, EVAL_BATCH, shuffle_seed=None):
+        loss = GroupLossSum(self.data.n_groups, self.device)
+        for x, y, g in self._batches(split, EVAL_BATCH, order=None):
             with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
-                correct.append((self.model(x).argmax(dim=1) == y).cpu())
-        return group_accuracy(torch.cat(correct), split.g, self.data.n_groups, self.train_proportions)
+                logits = self.model(x)
+            correct.append((logits.argmax(dim=1) == y).cpu())
+            loss.add(F.cross_entropy(logits.float(), y, reduction="none"), g)
+        return group_accuracy(torch.cat(correct), split.g, self.data.n_groups, self.train_proportions), loss.result()
 
     def update_best(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Model selection: the epoch with the best validation worst-group accuracy (first on ties)."""
@@ -187,7 +204,9 @@ class _Run:
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
         mine, theirs = self.cfg.as_dict(), state["config"]
-        changed = [k for k in ("dataset", "model", "objective", "environments") if mine[k] != theirs.get(k)]
+        # Checkpoints from before samplers existed were all shuffled.
+        changed = [k for k in ("dataset", "model", "objective", "environments", "sampler")
+                   if mine[k] != theirs.get(k, "shuffle" if k == "sampler" else None)]
         if changed:
             raise ValueError(f"checkpoint {path} is of a different trial (differs in {', '.join(changed)})")
         self.model.load_state_dict(state["model"])
@@ -199,17 +218,15 @@ class _Run:
         self.epoch, self.best = int(state["epoch"]), dict(state["best"])
 
     def _batches(
-        self, split: GroupSplit, batch_size: int, shuffle_seed: int | None
+        self, split: GroupSplit, batch_size: int, order: torch.Tensor | None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Batches on the device. In-memory splits are sliced directly: a DataLoader would
-        collate item by item and cost more than a small model's step on the CPU."""
-        order = None
-        if shuffle_seed is not None:
-            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(shuffle_seed))
+        """Batches on the device, in `order` (a training epoch's sampler order; None: in sequence,
+        for evaluation). In-memory splits are sliced directly: a DataLoader would collate item by
+        item and cost more than a small model's step on the CPU."""
         if split.in_memory:
             inputs = split.inputs
             index = order if order is not None else torch.arange(len(split))
-            end = len(split) - (shuffle_seed is not None and _drops_last(len(split), batch_size))
+            end = len(index) - (order is not None and _drops_last(len(index), batch_size))
             for start in range(0, end, batch_size):
                 idx = index[start:start + batch_size]
                 yield self._to_device(inputs[idx], split.y[idx], split.g[idx])
@@ -220,7 +237,7 @@ class _Run:
             sampler=order.tolist() if order is not None else None,
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=shuffle_seed is not None and _drops_last(len(split), batch_size),
+            drop_last=order is not None and _drops_last(len(order), batch_size),
             persistent_workers=False,
         )
         for x, idx in loader:
@@ -243,12 +260,6 @@ class _Indexed(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         return self.inputs[idx], idx
-
-
-def _environments(kind: str, data: GroupData) -> torch.Tensor:
-    """Environment index of every group: the group itself, or its spurious attribute only."""
-    groups = torch.arange(data.n_groups)
-    return groups if kind == "groups" else groups // data.n_classes
 
 
 def _optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
