@@ -11,7 +11,6 @@ from trainables.registry import did_you_mean
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-ENVIRONMENTS = ("groups", "attribute")
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_TEST = ("best", "every")
 
@@ -32,7 +31,9 @@ class TrialConfig:
     data_root: str | None = None
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     objective_options: Mapping[str, Any] = field(default_factory=dict)
-    environments: str = "groups"
+    # None: the objective's default, filled in by `trainables.setting.resolve_config`.
+    environments: str | None = None
+    sampler: str | None = None
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -69,7 +70,6 @@ class TrialConfig:
         for key, allowed in (
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
-            ("environments", ENVIRONMENTS),
             ("device", DEVICES),
             ("eval_test", EVAL_TEST),
         ):

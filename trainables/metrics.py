@@ -1,9 +1,11 @@
-"""Per-group accuracy metrics, and the names of every metric a trial reports.
+"""What a trial reports: the names of every metric (defined here only), and per-group accuracy and loss.
 
 The names are the contract between a trial and whatever reads its results (the scheduler and
-searcher of a study, MLflow, the report): they are defined here once and imported everywhere
-else. Group accuracies are computed with `torch.bincount` (wilds' eval needs torch_scatter);
-torch is imported inside the function, so reading the names costs no torch import.
+searcher of a study, MLflow, the report): defined here once and imported everywhere else. They are
+``<split>/<statistic>`` and ``<split>/<statistic>_g<k>`` for group k (`val/worst_acc`, `val/acc_g2`,
+`train/loss_g3`); the best epoch's are ``best/<split>_<statistic>``. Per-group statistics use
+`torch.bincount` (wilds' eval needs torch_scatter); torch is imported inside the functions, so
+reading the names costs no torch import.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 TRAIN, VAL, TEST, BEST = "train", "val", "test", "best"
 """Prefixes: training statistics, the two evaluated splits, and the model-selected (best-epoch) values."""
 AVG_ACC, WORST_ACC, WEIGHTED_ACC = "avg_acc", "worst_acc", "weighted_acc"
+ACC, LOSS = "acc", "loss"
 EPOCH, LR = "epoch", "lr"
 REPORTED_PREFIXES = tuple(f"{prefix}/" for prefix in (TRAIN, VAL, TEST, BEST))
 BEST_PREFIX = f"{BEST}/"
@@ -26,6 +29,11 @@ BEST_PREFIX = f"{BEST}/"
 def metric_key(prefix: str, name: str) -> str:
     """A per-epoch metric's name: `val/worst_acc`, `train/loss`."""
     return f"{prefix}/{name}"
+
+
+def group_key(prefix: str, statistic: str, group: int) -> str:
+    """One statistic of one group: `train/loss_g3`, `val/acc_g2`."""
+    return f"{prefix}/{statistic}_g{group}"
 
 
 def best_key(split: str, name: str) -> str:
@@ -70,7 +78,21 @@ class GroupAccuracy:
             metric_key(prefix, WORST_ACC): self.worst_group,
             metric_key(prefix, WEIGHTED_ACC): self.weighted,
         }
-        metrics.update({metric_key(prefix, f"acc_g{k}"): acc for k, acc in enumerate(self.per_group)})
+        metrics.update({group_key(prefix, ACC, k): acc for k, acc in enumerate(self.per_group)})
+        return metrics
+
+
+@dataclass(frozen=True)
+class GroupLoss:
+    """Mean cross-entropy of a split's examples, overall and per group (NaN for an absent group)."""
+
+    average: float
+    per_group: tuple[float, ...]
+
+    def as_metrics(self, prefix: str, with_average: bool = True) -> dict[str, float]:
+        """Flat metric names, e.g. `val/loss`, `val/loss_g2` (the first left out without `with_average`)."""
+        metrics = {metric_key(prefix, LOSS): self.average} if with_average else {}
+        metrics.update({group_key(prefix, LOSS, k): loss for k, loss in enumerate(self.per_group)})
         return metrics
 
 
@@ -99,3 +121,40 @@ def group_accuracy(
         per_group=tuple(float(a) for a in per_group),
         counts=tuple(int(c) for c in counts),
     )
+
+
+class GroupLossSum:
+    """Running per-group sums of per-example losses, kept on the losses' device (no host sync per add)."""
+
+    def __init__(self, n_groups: int, device: torch.device | str = "cpu") -> None:
+        import torch
+
+        self.sums = torch.zeros(n_groups, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(n_groups, dtype=torch.float64, device=device)
+
+    def add(self, losses: torch.Tensor, groups: torch.Tensor) -> None:
+        """Add a batch's per-example losses under their groups."""
+        import torch
+
+        groups = groups.to(self.sums.device, torch.long).flatten()
+        self.sums.index_add_(0, groups, losses.detach().to(self.sums.device, torch.float64).flatten())
+        self.counts.index_add_(0, groups, torch.ones_like(self.counts[groups]))
+
+    def result(self) -> GroupLoss:
+        """Per-group means over everything added (one host sync); the average is over examples."""
+        import torch
+
+        sums, counts = self.sums.cpu(), self.counts.cpu()
+        per_group = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
+        total = counts.sum()
+        return GroupLoss(
+            average=float(sums.sum() / total) if total > 0 else float("nan"),
+            per_group=tuple(float(v) for v in per_group),
+        )
+
+
+def group_loss(losses: torch.Tensor, groups: torch.Tensor, n_groups: int) -> GroupLoss:
+    """Mean loss overall and per group of one split's per-example losses."""
+    running = GroupLossSum(n_groups, losses.device)
+    running.add(losses, groups)
+    return running.result()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -24,6 +25,7 @@ from trainables.augment import create_augment, epoch_generator
 from trainables.config import TrialConfig
 from trainables.datasets import DATASETS, GroupData, GroupSplit, Preprocessing, load_dataset
 from trainables.datasets.cache import DecodedCache, cache_splits
+from trainables.environments import ENVIRONMENTS, EnvironmentKind
 from trainables.feed import cached_batches
 from trainables.meter import StepMeter
 from trainables.metrics import (
@@ -40,6 +42,8 @@ from trainables.metrics import (
     TRAIN,
     VAL,
     GroupAccuracy,
+    GroupLoss,
+    GroupLossSum,
     best_key,
     group_accuracy,
     metric_key,
@@ -47,6 +51,8 @@ from trainables.metrics import (
 from trainables.models import ModelSize, create_model, pretrained_normalisation, resolve
 from trainables.objectives import Objective, create_objective
 from trainables.precision import Precision, choose_precision
+from trainables.sampling import epoch_order
+from trainables.setting import check_setting, resolve_config
 
 Report = Callable[[dict[str, float], Path], None]
 CHECKPOINT_FILE = "state.pt"
@@ -72,6 +78,7 @@ def train(
     `test/*` metrics are in an epoch's report when test was evaluated then (see `eval_test`).
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_mapping(config)
+    cfg = TrialConfig.from_mapping(resolve_config(cfg.as_dict()))  # environments, sampler: never None below
     run = _Run.build(cfg)
     checkpoint_dir = Path(workdir) / "checkpoint"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -80,9 +87,12 @@ def train(
     metrics: dict[str, float] = dict(run.best)
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         metrics = run.train_epoch(epoch)
-        metrics.update(run.evaluate(run.data.val).as_metrics(VAL))
-        if cfg.eval_test == "every" or run.improves(metrics):
-            metrics.update(run.evaluate(run.data.test).as_metrics(TEST))
+        for name, split in ((VAL, run.data.val), (TEST, run.data.test)):
+            if name == TEST and not (cfg.eval_test == "every" or run.improves(metrics)):
+                continue  # eval_test: best: test only where model selection may report it
+            accuracy, loss = run.evaluate(split)
+            metrics.update(accuracy.as_metrics(name))
+            metrics.update(loss.as_metrics(name))
         run.update_best(epoch, metrics)
         metrics.update(run.best)
         run.epoch = epoch
@@ -121,7 +131,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    env_of_group: torch.Tensor
+    environments: EnvironmentKind
     train_proportions: torch.Tensor
     epoch: int = 0
     best: dict[str, float] | None = None
@@ -135,6 +145,8 @@ class _Run:
         size = resolve(cfg.model)
         prep = resolve_preprocessing(size, cfg.dataset, cfg)
         data = load_dataset(cfg.dataset, cfg.data_root, prep, cfg.dataset_options)
+        check_setting(cfg.objective, environments=cfg.environments, sampler=cfg.sampler, options=cfg.objective_options,
+                      n_classes=data.n_classes, n_groups=data.n_groups, batch_size=cfg.batch_size)
         if cfg.cache:
             data = cache_splits(data, workers=cfg.num_workers)
         model = create_model(cfg.model, data.n_classes, prep.image_size, cfg.pretrained, cfg.weights).to(device)
@@ -143,9 +155,9 @@ class _Run:
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         if cfg.compile:
             model.compile()  # in place: state_dict keys (checkpoints) stay those of the plain model
-        env_of_group = _environments(cfg.environments, data)
+        environments = ENVIRONMENTS.get(cfg.environments)
         counts = data.train_group_counts()
-        env_counts = torch.zeros(int(env_of_group.max()) + 1, dtype=torch.long).index_add_(0, env_of_group, counts)
+        env_counts = environments.counts(counts, data.n_classes, cfg.batch_size)
         objective = create_objective(cfg.objective, env_counts, cfg.objective_options)
         optimizer = _optimizer(cfg, model)
         steps = cfg.epochs * _batches_per_epoch(len(data.train), cfg.batch_size)
@@ -153,12 +165,12 @@ class _Run:
         precision = choose_precision(cfg.amp, device)
         scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
         augment = create_augment(cfg.augment, DATASETS.get(cfg.dataset).augment_options.get(cfg.augment))
-        return cls(cfg, device, data, model, objective, optimizer, scheduler, scaler, env_of_group,
+        return cls(cfg, device, data, model, objective, optimizer, scheduler, scaler, environments,
                    counts.double() / counts.sum(), best={}, precision=precision,
                    augment=functools.partial(augment, size=prep.image_size))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training split; returns mean statistics and the throughput.
+        """One epoch of the trial's sampler; returns mean statistics, per-group loss and the throughput.
 
         Statistics stay on the device and are read back every `meter.CHECK_EVERY` steps and at
         the end, where a non-finite loss raises `DivergedError` naming the first such step.
@@ -168,17 +180,18 @@ class _Run:
             f"training loss became {loss} at epoch {epoch}, step {step} "
             f"(lr={self.cfg.lr:g}, objective={self.cfg.objective})"
         ))
-        env_of_group = self.env_of_group.to(self.device)
+        group_loss = GroupLossSum(self.data.n_groups, self.device)
         images = 0
         start = time.perf_counter()
         generator = epoch_generator(self.cfg.seed, epoch)  # from seed and epoch: a resumed run re-draws the same
-        batches = self._batches(self.data.train, self.cfg.batch_size, shuffle_seed=self.cfg.seed * 100_003 + epoch)
-        for x, y, g in meter.timed(batches):
+        order = epoch_order(self.cfg.sampler, self.data.train.g, self.data.n_groups, self.cfg.seed, epoch)
+        for x, y, g in meter.timed(self._batches(self.data.train, self.cfg.batch_size, order=order)):
             x = self.augment(x, generator)  # type: ignore[misc]
-            env = env_of_group[g]
+            env = self.environments.of_batch(g, self.data.n_classes)
             self.optimizer.zero_grad(set_to_none=True)
             with self.precision.autocast(self.device):
-                stats = self.objective.backward(self.model, x, y, env, self.scaler.scale)
+                stats, losses = self.objective.backward(self.model, x, y, env, self.scaler.scale)
+            group_loss.add(losses, g)
             reset = stats.pop("reset_optimizer", 0.0)
             meter.add(stats)
             if reset:
@@ -190,19 +203,24 @@ class _Run:
         means = meter.finish()
         seconds = time.perf_counter() - start
         metrics = {metric_key(TRAIN, key): value for key, value in means.items()}
+        # Per-group cross-entropy of the training forward passes; `train/loss` stays the objective's.
+        metrics.update(group_loss.result().as_metrics(TRAIN, with_average=False))
         metrics.update({EPOCH: float(epoch), IMAGES_PER_S: images / seconds, DATA_WAIT_FRACTION: meter.wait_s / seconds,
                         LR: self.scheduler.get_last_lr()[0]})
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, split: GroupSplit) -> GroupAccuracy:
-        """Accuracy of every group of `split`."""
+    def evaluate(self, split: GroupSplit) -> tuple[GroupAccuracy, GroupLoss]:
+        """Accuracy and mean cross-entropy of every group of `split`."""
         self.model.eval()
         correct = []
-        for x, y, _ in self._batches(split, EVAL_BATCH, shuffle_seed=None):
+        loss = GroupLossSum(self.data.n_groups, self.device)
+        for x, y, g in self._batches(split, EVAL_BATCH, order=None):
             with self.precision.autocast(self.device):
-                correct.append(self.model(x).argmax(dim=1) == y)  # on the device: one read-back below
-        return group_accuracy(torch.cat(correct), split.g, self.data.n_groups, self.train_proportions)
+                logits = self.model(x)
+            correct.append(logits.argmax(dim=1) == y)  # on the device: one read-back below
+            loss.add(F.cross_entropy(logits.float(), y, reduction="none"), g)
+        return group_accuracy(torch.cat(correct), split.g, self.data.n_groups, self.train_proportions), loss.result()
 
     def improves(self, metrics: Mapping[str, float]) -> bool:
         """Whether this epoch's validation worst-group accuracy beats the best so far (first on ties)."""
@@ -234,7 +252,9 @@ class _Run:
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
         mine, theirs = self.cfg.as_dict(), state["config"]
-        changed = [k for k in ("dataset", "model", "objective", "environments") if mine[k] != theirs.get(k)]
+        # Checkpoints from before samplers existed were all shuffled.
+        changed = [k for k in ("dataset", "model", "objective", "environments", "sampler")
+                   if mine[k] != theirs.get(k, "shuffle" if k == "sampler" else None)]
         if changed:
             raise ValueError(f"checkpoint {path} is of a different trial (differs in {', '.join(changed)})")
         self.model.load_state_dict(state["model"])
@@ -246,22 +266,20 @@ class _Run:
         self.epoch, self.best = int(state["epoch"]), dict(state["best"])
 
     def _batches(
-        self, split: GroupSplit, batch_size: int, shuffle_seed: int | None
+        self, split: GroupSplit, batch_size: int, order: torch.Tensor | None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Batches on the device. In-memory splits are sliced directly: a DataLoader would
-        collate item by item and cost more than a small model's step on the CPU."""
-        order = None
-        if shuffle_seed is not None:
-            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(shuffle_seed))
+        """Batches on the device, in `order` (a training epoch's sampler order; None: in sequence,
+        for evaluation). In-memory splits are sliced directly: a DataLoader would collate item by
+        item and cost more than a small model's step on the CPU."""
         if isinstance(split.inputs, DecodedCache):
-            drop_last = shuffle_seed is not None and _drops_last(len(split), batch_size)
+            drop_last = order is not None and _drops_last(len(order), batch_size)
             yield from cached_batches(split.inputs, split.y, split.g, order, batch_size, drop_last, self.device,
                                       channels_last=self.device.type == "cuda")
             return
         if split.in_memory:
             inputs = split.inputs
             index = order if order is not None else torch.arange(len(split))
-            end = len(split) - (shuffle_seed is not None and _drops_last(len(split), batch_size))
+            end = len(index) - (order is not None and _drops_last(len(index), batch_size))
             for start in range(0, end, batch_size):
                 idx = index[start:start + batch_size]
                 yield self._to_device(inputs[idx], split.y[idx], split.g[idx])
@@ -272,10 +290,10 @@ class _Run:
             sampler=order.tolist() if order is not None else None,
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=shuffle_seed is not None and _drops_last(len(split), batch_size),
+            drop_last=order is not None and _drops_last(len(order), batch_size),
             persistent_workers=False,
             # Not the global RNG (the model's): then the cached path, which has no loader, draws the same.
-            generator=torch.Generator().manual_seed(shuffle_seed or 0),
+            generator=torch.Generator().manual_seed(0),
         )
         for x, idx in loader:
             yield self._to_device(x, split.y[idx], split.g[idx])
@@ -297,12 +315,6 @@ class _Indexed(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         return self.inputs[idx], idx
-
-
-def _environments(kind: str, data: GroupData) -> torch.Tensor:
-    """Environment index of every group: the group itself, or its spurious attribute only."""
-    groups = torch.arange(data.n_groups)
-    return groups if kind == "groups" else groups // data.n_classes
 
 
 def _optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -2,9 +2,10 @@
 
 import math
 
+import pytest
 import torch
 
-from trainables.metrics import group_accuracy
+from trainables.metrics import GroupLossSum, best_key, group_accuracy, group_key, group_loss, metric_key
 
 
 def test_group_accuracies_match_a_hand_count():
@@ -47,3 +48,33 @@ def test_metric_names_carry_split_and_group_index():
         "val/acc_g0": 1.0,
         "val/acc_g1": 0.0,
     }
+
+
+def test_group_losses_are_per_group_means_and_the_average_is_over_examples():
+    groups = torch.tensor([0, 0, 1, 3, 3, 3])
+    losses = torch.tensor([1.0, 3.0, 0.5, 1.0, 2.0, 6.0])
+
+    result = group_loss(losses, groups, 4)
+
+    assert result.per_group[0] == 2.0 and result.per_group[1] == 0.5 and result.per_group[3] == 3.0
+    assert math.isnan(result.per_group[2])
+    assert result.average == pytest.approx(13.5 / 6)
+    assert result.as_metrics("val") == {"val/loss": result.average, "val/loss_g0": 2.0, "val/loss_g1": 0.5,
+                                        "val/loss_g2": result.per_group[2], "val/loss_g3": 3.0}
+    assert "train/loss" not in result.as_metrics("train", with_average=False)
+
+
+def test_running_group_loss_over_batches_equals_the_loss_of_their_concatenation():
+    gen = torch.Generator().manual_seed(0)
+    losses, groups = torch.rand(50, generator=gen), torch.randint(0, 4, (50,), generator=gen)
+    running = GroupLossSum(4)
+    for start in range(0, 50, 7):
+        running.add(losses[start:start + 7], groups[start:start + 7])
+
+    assert running.result() == group_loss(losses, groups, 4)
+
+
+def test_metric_names_are_built_in_one_place():
+    assert metric_key("val", "worst_acc") == "val/worst_acc"
+    assert group_key("train", "loss", 3) == "train/loss_g3"
+    assert best_key("test", "worst_acc") == "best/test_worst_acc"

@@ -29,7 +29,7 @@ def run(
 ) -> dict[str, float]:
     """One `backward`; its statistics as floats, once each is known to be a number or a 0-dim tensor."""
     model.zero_grad(set_to_none=True)
-    stats = objective.backward(model, x, y, env, scale)
+    stats = objective.backward(model, x, y, env, scale).stats
     for key, value in stats.items():
         assert isinstance(value, float) or (isinstance(value, torch.Tensor) and value.dim() == 0), (key, value)
     return {key: float(value) for key, value in stats.items()}
@@ -69,7 +69,8 @@ def test_erm_gradient_is_cross_entropy_gradient() -> None:
 def irm_reference(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, n_envs: int, weight: float
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-    """DomainBed's IRM update, environment by environment (their `_irm_penalty` per minibatch)."""
+    """DomainBed's IRM update, environment by environment (their `_irm_penalty` per minibatch),
+    backpropagating ``nll + λ·penalty`` undivided, as DomainBed and WILDS do."""
     logits = model(x)
     nlls, penalties = [], []
     for e in range(n_envs):
@@ -85,8 +86,7 @@ def irm_reference(
         penalties.append(g1 * g2)
     nll, penalty = torch.stack(nlls).mean(), torch.stack(penalties).mean()
     loss = nll + weight * penalty
-    backpropagated = loss / weight if weight > 1.0 else loss
-    return nll, penalty, torch.autograd.grad(backpropagated, list(model.parameters()))
+    return nll, penalty, torch.autograd.grad(loss, list(model.parameters()))
 
 
 def calibrated_model(slope: float) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,9 +115,9 @@ def test_irm_penalty_vanishes_when_scale_one_is_optimal_in_every_env() -> None:
     objective = create_objective("irm", torch.tensor([8, 8]), {"penalty_weight": 1e4, "anneal_steps": 0})
     stats = run(objective, model, x, y, env)
     assert abs(stats["penalty"]) < 1e-10
-    # A zero penalty with zero gradient: the update is the risk's, divided by λ.
+    # A zero penalty with zero gradient: the update is the risk's, not divided by λ.
     nll = F.cross_entropy(model(x[env == 0]), y[env == 0]) + F.cross_entropy(model(x[env == 1]), y[env == 1])
-    (expected,) = torch.autograd.grad(nll / 2 / 1e4, [model.weight])
+    (expected,) = torch.autograd.grad(nll / 2, [model.weight])
     torch.testing.assert_close(model.weight.grad, expected)
 
 
@@ -140,6 +140,32 @@ def test_irm_matches_domainbed_reference_with_an_absent_and_a_singleton_env() ->
     assert stats["loss"] == pytest.approx(nll.item() + 50.0 * penalty.item(), rel=1e-5)
     for got, want in zip(grads_of(model), expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_irm_large_lambda_does_not_shrink_the_data_term_against_weight_decay() -> None:
+    # Issue 12, item 3. With one example per environment no environment has two halves, so the
+    # penalty is 0 whatever the weights: an SGD step with weight decay must then be the same for
+    # λ = 1 and λ = 1e4, since the objective is nll + λ·penalty undivided (DomainBed, WILDS).
+    # Dividing by λ, as the original study did while SGD's weight decay stayed undivided, would
+    # shrink the nll's share of the step 1e4-fold.
+    x, y, _ = batch(20, n=12)
+    env = torch.arange(12)
+    steps = []
+    for weight in (1.0, 1e4):
+        model = mlp(21)
+        objective = create_objective("irm", torch.ones(12), {"penalty_weight": weight, "anneal_steps": 0})
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
+        before = [p.detach().clone() for p in model.parameters()]
+        stats = run(objective, model, x, y, env)
+        optimizer.step()
+        steps.append([p.detach() - b for p, b in zip(model.parameters(), before)])
+        assert stats["penalty"] == 0.0 and stats["penalty_weight"] == weight
+    for small, large in zip(*steps):
+        torch.testing.assert_close(large, small)
+    # The nll's part of the step is not negligible next to weight decay's.
+    model = mlp(21)
+    (nll_grad, *_) = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    assert nll_grad.abs().max() > 0.1 * (0.5 * model[0].weight).abs().max()
 
 
 def test_irm_schedule_switches_weight_and_asks_for_optimizer_reset_once() -> None:
@@ -249,17 +275,15 @@ def test_groupdro_weights_survive_state_dict() -> None:
 def and_mask_reference(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, threshold: float
 ) -> list[torch.Tensor]:
-    """DomainBed's ANDMask: stacked per-environment gradients, masked per parameter tensor.
-
-    A one-example environment is forwarded in eval mode, as ILC forwards it (running BatchNorm
-    statistics); `model` must have no other mode-dependent layer.
-    """
+    """The ILC authors' `get_grads` (and_mask/and_mask_utils.py): one forward of the stacked
+    batch, each environment's gradient by `autograd.grad` on that graph, stacked, then masked
+    per parameter tensor. Leaves `model`'s BatchNorm running statistics updated by one forward."""
     params = list(model.parameters())
+    logits = model(x)
     per_env = []
     for e in torch.unique(env).tolist():
-        model.train(int((env == e).sum()) > 1)
-        per_env.append(torch.autograd.grad(F.cross_entropy(model(x[env == e]), y[env == e]), params))
-    model.train()
+        loss = F.cross_entropy(logits[env == e], y[env == e])
+        per_env.append(torch.autograd.grad(loss, params, retain_graph=True))
     result = []
     for grads in zip(*per_env):
         grads = torch.stack(grads)
@@ -336,7 +360,7 @@ def test_and_mask_skips_absent_envs() -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_and_mask_leaves_no_hooks_and_overwrites_stale_grads() -> None:
+def test_and_mask_overwrites_stale_grads() -> None:
     model = mlp(13)
     x, y, env = batch(14)
     objective = create_objective("ilc", torch.ones(4), {"threshold": 0.5})
@@ -345,27 +369,24 @@ def test_and_mask_leaves_no_hooks_and_overwrites_stale_grads() -> None:
     objective.backward(model, x, y, env, identity)
     for got, want in zip(grads_of(model), and_mask_reference(model, x, y, env, 0.5)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    # No sign-counting hook outlives the call: a plain backward gives the plain gradient.
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    expected = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
-    for got, want in zip(grads_of(model), expected):
-        torch.testing.assert_close(got, want)
 
 
-def test_and_mask_forwards_a_one_example_env_with_running_batchnorm_stats() -> None:
+def test_and_mask_normalises_every_env_with_the_whole_batch_statistics() -> None:
     torch.manual_seed(15)
     # No bias before BatchNorm: its true gradient is 0 and its float noise has arbitrary signs.
     model = nn.Sequential(nn.Linear(5, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     x, y, _ = batch(16, n=13)
-    env = torch.tensor([0] * 6 + [1] * 6 + [2])  # BatchNorm1d cannot train on env 2 alone
+    env = torch.tensor([0] * 6 + [1] * 6 + [2])  # a one-example env needs no special case any more
     reference, twin = copy.deepcopy(model), copy.deepcopy(model)
     run(create_objective("ilc", torch.ones(3), {"threshold": 0.5}), model, x, y, env)
     for got, want in zip(grads_of(model), and_mask_reference(reference, x, y, env, 0.5)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    with torch.no_grad():  # running statistics: updated by envs 0 and 1 only, once each
-        twin(x[env == 0])
-        twin(x[env == 1])
+    # A per-environment forward would differ: BatchNorm statistics of env 0 alone.
+    solo = copy.deepcopy(twin)
+    alone = torch.autograd.grad(F.cross_entropy(solo(x[env == 0]), y[env == 0]), list(solo.parameters()))
+    shared = torch.autograd.grad(F.cross_entropy(twin(x)[env == 0], y[env == 0]), list(twin.parameters()))
+    assert not torch.allclose(alone[0], shared[0])
+    # Running statistics: updated once per step, by the whole batch, as an ERM step updates them.
     torch.testing.assert_close(model[1].running_mean, twin[1].running_mean)
     torch.testing.assert_close(model[1].running_var, twin[1].running_var)
     assert model.training and model[1].training

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.trainables.wilds_layouts import make_waterbirds, textured
+from trainables.config import TrialConfig
+from trainables.datasets import load_dataset
 from trainables.datasets.cache import CACHE_DIR_ENV
 from trainables.metrics import CHECKPOINT_SECONDS, IMAGES_PER_S, TIMINGS
+from trainables.models import create_model, resolve
 from trainables.objectives import OBJECTIVES
-from trainables.training import CHECKPOINT_FILE, DivergedError, train
+from trainables.sampling import SAMPLERS
+from trainables.setting import resolve_config
+from trainables.training import CHECKPOINT_FILE, DivergedError, resolve_preprocessing, train
 
 TINY = {"dataset": "spurious_digits", "model": "resnet-10x0.25", "epochs": 2, "batch_size": 128, "lr": 0.05,
         "image_size": 16}
@@ -43,9 +49,11 @@ def test_reports_every_epoch_with_per_group_metrics_of_val_and_test(tmp_path):
     assert [r["epoch"] for r in reports] == [1.0, 2.0]
     for r in reports:
         for split in ("val", "test"):
-            assert {f"{split}/avg_acc", f"{split}/worst_acc", f"{split}/weighted_acc"} <= r.keys()
+            assert {f"{split}/avg_acc", f"{split}/worst_acc", f"{split}/weighted_acc", f"{split}/loss"} <= r.keys()
             groups = [r[f"{split}/acc_g{k}"] for k in range(4)]
             assert r[f"{split}/worst_acc"] == min(groups)
+            assert all(math.isfinite(r[f"{split}/loss_g{k}"]) for k in range(4))
+        assert all(math.isfinite(r[f"train/loss_g{k}"]) for k in range(4))
         assert math.isfinite(r["train/loss"]) and r[IMAGES_PER_S] > 0 and r[CHECKPOINT_SECONDS] > 0
     assert final == reports[-1]
     assert len(set(checkpoints)) == 1
@@ -84,8 +92,10 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
     assert [strip(r) for r in first] == [strip(r) for r in second]
 
 
-def test_resuming_from_a_checkpoint_continues_exactly_where_it_stopped(tmp_path):
-    straight, _, _ = run({**TINY, "epochs": 3}, tmp_path / "straight")
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_resuming_from_a_checkpoint_continues_exactly_where_it_stopped(sampler, tmp_path):
+    config = {**TINY, "epochs": 3, "sampler": sampler}
+    straight, _, _ = run(config, tmp_path / "straight")
 
     # Stop after epoch 1 by raising from the report, as a killed worker would.
     class Stop(Exception):
@@ -95,11 +105,49 @@ def test_resuming_from_a_checkpoint_continues_exactly_where_it_stopped(tmp_path)
         raise Stop
 
     with pytest.raises(Stop):
-        train({**TINY, "epochs": 3}, stop_after_first, workdir=tmp_path / "interrupted")
-    resumed, _, _ = run({**TINY, "epochs": 3}, tmp_path / "resumed", resume_from=tmp_path / "interrupted" / "checkpoint")
+        train(config, stop_after_first, workdir=tmp_path / "interrupted")
+    resumed, _, _ = run(config, tmp_path / "resumed", resume_from=tmp_path / "interrupted" / "checkpoint")
 
     assert [r["epoch"] for r in resumed] == [2.0, 3.0]
+    # Identical per-group training losses: the resumed epochs drew the same batches in the same order.
     assert [strip(r) for r in resumed] == [strip(r) for r in straight[1:]]
+
+
+def test_a_checkpoint_of_another_sampler_is_refused(tmp_path):
+    run({**TINY, "epochs": 1}, tmp_path / "a")
+
+    with pytest.raises(ValueError, match="differs in sampler"):
+        train({**TINY, "sampler": "group_balanced"}, workdir=tmp_path / "b", resume_from=tmp_path / "a" / "checkpoint")
+
+
+def test_the_checkpoint_records_the_resolved_environments_and_sampler(tmp_path):
+    run({**TINY, "objective": "groupdro", "epochs": 1}, tmp_path)
+
+    config = torch.load(tmp_path / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["config"]
+    assert (config["environments"], config["sampler"]) == ("groups", "group_balanced")
+
+
+def test_per_group_losses_are_reported_and_are_those_of_the_model(tmp_path):
+    # 1079 training images in 13 batches of 83: ERM's `train/loss` (a mean of batch means) is then
+    # the mean over examples, which the per-group training losses must reproduce.
+    reports, _, final = run({**TINY, "epochs": 1, "batch_size": 83}, tmp_path)
+
+    cfg = TrialConfig.from_mapping(resolve_config({**TINY, "batch_size": 83}))
+    data = load_dataset("spurious_digits", None, resolve_preprocessing(resolve(cfg.model), cfg.dataset, cfg))
+    counts = torch.bincount(data.train.g, minlength=4).double()
+    train_losses = torch.tensor([final[f"train/loss_g{k}"] for k in range(4)], dtype=torch.float64)
+    assert float((counts * train_losses).sum() / counts.sum()) == pytest.approx(final["train/loss"], rel=1e-5)
+
+    # Validation and test losses are the checkpointed (final) model's cross-entropy, per group.
+    model = create_model(cfg.model, 2, cfg.image_size, False, None)
+    model.load_state_dict(torch.load(tmp_path / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["model"])
+    model.eval()
+    for name, split in (("val", data.val), ("test", data.test)):
+        with torch.no_grad():
+            losses = F.cross_entropy(model(split.inputs), split.y, reduction="none")
+        for k in range(4):
+            assert final[f"{name}/loss_g{k}"] == pytest.approx(float(losses[split.g == k].mean()), rel=1e-4)
+        assert final[f"{name}/loss"] == pytest.approx(float(losses.mean()), rel=1e-4)
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
@@ -120,7 +168,9 @@ def test_a_diverging_loss_ends_the_trial_with_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("objective", OBJECTIVES.names())
 def test_every_objective_trains_through_the_loop(objective, tmp_path):
-    reports, _, final = run({**TINY, "objective": objective, "epochs": 1}, tmp_path)
+    # A small training split: ILC's default per-example environments take a backward pass per example.
+    small = {"val_fraction": 0.4, "test_fraction": 0.4}
+    reports, _, final = run({**TINY, "objective": objective, "epochs": 1, "dataset_options": small}, tmp_path)
 
     assert len(reports) == 1
     assert 0.0 <= final["best/test_worst_acc"] <= 1.0
@@ -175,11 +225,6 @@ def test_the_loop_runs_on_the_cpu_without_amp(tmp_path):
 
 
 def test_a_last_batch_of_one_is_skipped_and_the_schedule_counts_the_steps_taken(tmp_path):
-    from trainables.config import TrialConfig
-    from trainables.datasets import load_dataset
-    from trainables.models import resolve
-    from trainables.training import resolve_preprocessing
-
     cfg = TrialConfig.from_mapping(TINY)
     n = len(load_dataset("spurious_digits", None, resolve_preprocessing(resolve(cfg.model), cfg.dataset, cfg)).train)
     batch_size = next(b for b in range(60, 2, -1) if n % b == 1)  # BatchNorm cannot train on one example

@@ -85,6 +85,7 @@ class DatasetSpec:
     default_image_size: int = 224
     defaults: Mapping[str, Any] = field(default_factory=dict)
     n_classes: int = 2
+    n_groups: int = 4  # (attribute, label) groups: what `trainables.setting.check_setting` reads before loading
     needs_root: bool = True
     description: str = ""
     default_epochs: int | None = None

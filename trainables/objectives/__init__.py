@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
-from trainables.objectives.base import Objective, Scale
+from trainables.objectives.base import Objective, Scale, Setting, SettingError, Step
 from trainables.objectives.erm import ERM
 from trainables.objectives.groupdro import GroupDRO
 from trainables.objectives.ilc import ILC
@@ -14,7 +14,7 @@ from trainables.objectives.irm import IRM
 from trainables.options import merge_options
 from trainables.registry import Registry
 
-__all__ = ["OBJECTIVES", "Objective", "Scale", "create_objective"]
+__all__ = ["OBJECTIVES", "Objective", "Scale", "Setting", "SettingError", "Step", "create_objective"]
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 OBJECTIVES.add(ERM.name, ERM)

@@ -20,10 +20,18 @@ class GroupDRO(Objective):
     is the paper's group-size term C, which favours small groups) and q is renormalised.
     Absent environments keep their weight before renormalisation and add nothing to the loss.
     q survives `state_dict`.
+
+    Trained by default on group-balanced batches with the groups as environments, as both
+    references do (kohpangwei/group_DRO run_expt.py with `--reweight_groups`, data/dro_dataset.py
+    `get_loader`; p-lambda/wilds examples/configs/algorithm.py, groupDRO:
+    `uniform_over_groups: True`, with `groupby_fields` the groups). Each environment needs a
+    stable identity across batches for its weight, so `examples` is refused.
     """
 
     name = "groupdro"
     defaults = {"eta": 0.01, "adjustment": 0.0}
+    default_environments = "groups"
+    default_sampler = "group_balanced"
 
     def __init__(self, env_counts: torch.Tensor, params: Mapping[str, Any]) -> None:
         super().__init__(env_counts, params)
@@ -37,11 +45,12 @@ class GroupDRO(Objective):
             )
         self.q = torch.full((self.n_envs,), 1.0 / self.n_envs)
 
-    def backward(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
+    def backward_from(
+        self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
     ) -> dict[str, float]:
-        """One forward of the batch; per-environment mean losses from per-example losses."""
-        per_example = F.cross_entropy(model(x), y, reduction="none")
+        """Per-environment mean losses from the batch's per-example losses."""
+        del model
+        per_example = F.cross_entropy(logits, y, reduction="none")
         counts = torch.bincount(env, minlength=self.n_envs).to(per_example.dtype)
         env_loss = torch.zeros_like(counts).index_add(0, env, per_example) / counts.clamp_min(1)
         present = counts > 0

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.objectives.base import Objective, Scale
+from trainables.objectives.base import Objective, Scale, Setting, SettingError
+from trainables.objectives.masking import MIN_HEAD_UPDATE_SHARE, head_update_probability, worst_case_agreement
 from trainables.options import OptionError
 
 
@@ -18,31 +18,45 @@ class ILC(Objective):
 
     With g_e the gradient of environment e's mean cross-entropy, component j is kept when
     ``|mean_e sign(g_e,j)| >= threshold``; the kept components of ``mean_e g_e`` are rescaled,
-    per parameter tensor, by ``1 / (1e-10 + fraction kept)`` as DomainBed's `ANDMask` does.
-    The mean is over the environments present in the batch; absent ones are skipped.
+    per parameter tensor, by ``1 / (1e-10 + fraction kept)`` (`scale_grad_inverse_sparsity`),
+    as the ILC authors' `get_grads` (gibipara92/learning-explanations-hard-to-vary
+    and_mask/and_mask_utils.py) and DomainBed's `ANDMask` do. The mean is over the environments
+    present in the batch; absent ones are skipped.
 
-    Memory: each present environment gets its own forward and backward on its sub-batch, so
-    activation memory is at most ERM's for the whole batch and does not grow with the number
-    of environments. The gradients are not stored per environment: parameter hooks stream them
-    into `.grad` (which ends up holding the mean) and into one int16 sign-count buffer per
-    parameter, so the extra memory is about half the parameters' size, independent of batch
-    size and environment count (the per-sample-gradient code this replaces ran out of memory
-    above ResNet-18).
+    One forward pass over the whole batch, then one `autograd.grad` per present environment on
+    that shared graph, as the ILC authors' code does ("the output of the model, where inputs
+    were *all examples from all envs stacked in a big batch*"), and the original study
+    (kylrth/worst_group_scale ilc.py, modified from it). BatchNorm therefore normalises every
+    environment with the whole batch's statistics, as at evaluation (with running statistics
+    accumulated from whole batches). DomainBed's `ANDMask` forwards each environment's
+    minibatch alone, but its ResNets keep BatchNorm frozen in eval mode (domainbed/networks.py
+    `freeze_bn`); with BatchNorm training, per-environment forwards let a model rely on
+    statistics of single-group batches that do not exist at test time (measured: see
+    `Objective`).
 
-    BatchNorm sees each environment's sub-batch separately (as in DomainBed, which forwards
-    each environment's minibatch on its own): batch statistics are per environment, and
-    running statistics are updated once per present environment per step. An environment
-    with a single example in the batch has no batch statistics (BatchNorm raises on it when
-    the spatial size is 1x1), so its forward uses BatchNorm's running statistics and leaves
-    them unchanged.
+    Memory: the activations of the whole batch (as ERM) are kept while the environments'
+    gradients are taken in turn; gradients are not stacked per environment as in the references
+    but streamed: each environment's is added into `.grad` (which ends up holding the mean) and
+    its signs into one int16 count per parameter, so the memory beyond ERM's is about 1.5 times
+    the parameters' (one environment's gradient and the sign counts), independent of the number
+    of environments. Time: one backward pass through the
+    whole batch per present environment, so `environments: examples` costs a backward pass per
+    example, as in the references.
+
+    Defaults: environments `examples`, as the original study ran ILC and as the ILC authors'
+    CIFAR-10 code does (every example its own environment). Threshold 0.1: the original study
+    ran 0.1, 0.25 and 0.5 (run.py `main`), the authors' CIFAR-10 README 0.2; on a binary task
+    with labels balanced in the batch, per-example environments keep the classifier's bias only
+    when the batch's label imbalance reaches the threshold (see `masking`), which 0.1 allows on
+    about a third of batches of 64 and 0.5 almost never. `check_setting` refuses the settings
+    that freeze the head; `allow_masked_head: true` overrides that.
     """
 
     name = "ilc"
-    # DomainBed's ANDMask default is tau = 1.0, searched in U(0.5, 1) (hparams_registry.py);
-    # the paper's code has no default (its README runs 1.0 on synthetic data, 0.2 on CIFAR-10).
-    # With fewer than 10 environments any threshold in (1 - 2/n, 1] keeps exactly the
-    # components on which all environments agree, so 0.9 and 1.0 coincide for 4 groups.
-    defaults = {"threshold": 1.0}
+    defaults = {"threshold": 0.1, "allow_masked_head": False}
+    default_environments = "examples"
+    default_sampler = "group_balanced"
+    environment_kinds = ("groups", "attribute", "examples")
 
     def __init__(self, env_counts: torch.Tensor, params: Mapping[str, Any]) -> None:
         super().__init__(env_counts, params)
@@ -52,62 +66,81 @@ class ILC(Objective):
                 f"objective 'ilc': option 'threshold' must be in [0, 1], got {self.threshold!r}"
             )
 
-    def backward(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
+    def backward_from(
+        self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
     ) -> dict[str, float]:
-        """One forward and backward per present environment; leaves the masked mean in `.grad`."""
+        """One `autograd.grad` per present environment on the batch's graph; leaves the masked mean in `.grad`."""
         params = [p for p in model.parameters() if p.requires_grad]
-        present = torch.unique(env).tolist()
+        per_example = F.cross_entropy(logits, y, reduction="none")
+        present = torch.unique(env)  # sorted
         n_present = len(present)
+        slot = torch.searchsorted(present, env)
+        counts = torch.bincount(slot, minlength=n_present).to(per_example.dtype)
+        env_losses = torch.zeros_like(counts).index_add(0, slot, per_example) / counts
+
         signs = [torch.zeros_like(p, dtype=torch.int16) for p in params]
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        for k in range(n_present):
+            # Dividing by the number of environments leaves their mean in .grad; signs, and so
+            # the mask, are unaffected. The graph is kept until the last environment's pass.
+            env_grads = torch.autograd.grad(
+                scale(env_losses[k] / n_present), params, retain_graph=k < n_present - 1, allow_unused=True
+            )
+            for i, g in enumerate(env_grads):
+                if g is None:  # unused by the model's forward: nothing to mask
+                    continue
+                signs[i].add_(torch.sign(g).to(torch.int16))
+                grads[i] = g if grads[i] is None else grads[i].add_(g)
 
-        def count_signs(buffer: torch.Tensor) -> Callable[[torch.Tensor], None]:
-            def hook(grad: torch.Tensor) -> None:
-                buffer.add_(torch.sign(grad).to(torch.int16))
-
-            return hook
-
-        for p in params:
-            p.grad = None  # .grad accumulates exactly the environments' gradients below
-        handles = [p.register_hook(count_signs(s)) for p, s in zip(params, signs)]
-        try:
-            env_losses = []
-            for e in present:
-                index = (env == e).nonzero().squeeze(1)
-                with _running_batchnorm_stats(model, enabled=len(index) == 1):
-                    loss = F.cross_entropy(model(x[index]), y[index])
-                # Dividing by the number of environments before backward leaves their mean in
-                # .grad; signs are unaffected, and so is the mask.
-                scale(loss / n_present).backward()
-                env_losses.append(loss.detach())
-        finally:
-            for handle in handles:
-                handle.remove()
-
-        kept = torch.zeros((), device=x.device)
-        for p, s in zip(params, signs):
-            if p.grad is None:  # unused by the model's forward: nothing to mask
+        kept = torch.zeros((), device=logits.device)
+        for p, g, s in zip(params, grads, signs):
+            if g is None:
+                p.grad = None
                 continue
             mask = s.abs().to(torch.float32) / n_present >= self.threshold
             fraction = mask.sum() / mask.numel()
             # Rescale before masking so that an all-masked tensor stays exactly zero.
-            p.grad.mul_(1.0 / (1e-10 + fraction)).masked_fill_(~mask, 0.0)
+            p.grad = g.mul_(1.0 / (1e-10 + fraction)).masked_fill_(~mask, 0.0)
             kept = kept + mask.sum()
         numel = sum(p.numel() for p in params)
-        summary = torch.stack([torch.stack(env_losses).mean().float(), kept.float()])
+        summary = torch.stack([env_losses.detach().mean().float(), kept.float()])
         loss_value, kept_value = summary.tolist()  # one device sync
         return {"loss": loss_value, "mask_fraction": kept_value / numel, "envs_present": float(n_present)}
 
-
-@contextmanager
-def _running_batchnorm_stats(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Within the block, BatchNorm layers in training mode normalise with running statistics."""
-    batchnorm = nn.modules.batchnorm._BatchNorm  # the base of BatchNorm1d/2d/3d, SyncBatchNorm
-    switched = [m for m in model.modules() if isinstance(m, batchnorm) and m.training] if enabled else []
-    for module in switched:
-        module.eval()
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.train()
+    @classmethod
+    def check_setting(cls, setting: Setting) -> None:
+        """Refuse settings under which the AND-mask freezes the classifier's bias (see `masking`):
+        provably in every batch holding two labels, or, under group-balanced sampling, on more
+        than 99% of steps. `allow_masked_head: true` accepts them."""
+        super().check_setting(setting)
+        threshold = float(setting.options["threshold"])
+        if setting.options["allow_masked_head"] or threshold == 0.0:
+            return
+        bound = worst_case_agreement(setting.environments, setting.n_classes, setting.n_groups, setting.batch_size)
+        why = (
+            f"with environments {setting.environments!r} every environment holds one label, so the "
+            f"environments' gradients of the classifier's bias have the sign of their label "
+            f"(p_c - [y = c]) and cancel in the sign agreement"
+        )
+        force = ("set a lower threshold, use environments 'attribute', or set objective option "
+                 "allow_masked_head: true to train this way on purpose (the bias then stays at its "
+                 "initialisation)")
+        if bound is not None and threshold > bound:
+            raise SettingError(
+                f"objective 'ilc': threshold {threshold:g} freezes the classifier's bias (and most of a "
+                f"ResNet's head weights) in every batch that holds both labels: {why}, which reaches at most "
+                f"{bound:.3g} on this {setting.n_classes}-class task with {setting.n_groups} groups "
+                f"and batch size {setting.batch_size}. To proceed, {force}."
+            )
+        if setting.sampler != "group_balanced":
+            return
+        share = head_update_probability(
+            setting.environments, setting.n_classes, setting.n_groups, setting.batch_size, threshold
+        )
+        if share is not None and share < MIN_HEAD_UPDATE_SHARE:
+            raise SettingError(
+                f"objective 'ilc': threshold {threshold:g} with sampler 'group_balanced' lets the "
+                f"classifier's bias be updated on {share:.2%} of steps (batch size "
+                f"{setting.batch_size}): {why}, and balanced batches hold both labels in equal "
+                f"measure. To proceed, {force}."
+            )

@@ -19,19 +19,36 @@ class IRM(Objective):
     scale ``w = 1.0`` multiplying the logits, in the unbiased form: the product of the
     gradients on the two halves of the environment's examples (even and odd positions within
     the environment, as DomainBed splits them). λ is 1.0 for the first `anneal_steps` calls and
-    `penalty_weight` after; when λ > 1 the loss is divided by λ so that the step size stays
-    comparable (the original IRM code does this). On the first call with the large λ the
-    statistics carry ``reset_optimizer: 1.0``: DomainBed resets Adam there, because the sudden
-    jump in gradient magnitudes confuses its moment estimates.
+    `penalty_weight` after. On the first call with the large λ the statistics carry
+    ``reset_optimizer: 1.0``: both references re-create the optimizer there, because of the
+    sudden jump in gradient magnitudes.
 
-    The `loss` statistic is the undivided ``nll + λ·penalty``. The step count is the number of
-    `backward` calls and survives `state_dict`. Environments absent from a batch are left out
-    of the mean risk; those with a single example have no two halves and are left out of the
-    mean penalty.
+    Scaling: the backpropagated loss is ``nll + λ·penalty``, not divided by λ, as in
+    facebookresearch/DomainBed domainbed/algorithms.py `IRM.update` (Adam) and p-lambda/wilds
+    examples/algorithms/IRM.py `objective` (SGD, the optimizer WILDS trains Waterbirds with).
+    The original IRM code (facebookresearch/InvariantRiskMinimization
+    code/colored_mnist/main.py) divides by λ a loss that contains its own L2 term, so the
+    data term keeps its weight against the regulariser; the original study
+    (kylrth/worst_group_scale run.py `penalty`) divided by λ while SGD's weight decay was not
+    divided, which shrinks the data term up to 1e4-fold against weight decay once λ is large.
+    Not dividing keeps ``nll : λ·penalty : weight decay`` as written whatever λ is, at the cost
+    of larger gradients after the anneal step (what the optimizer reset and a searched learning
+    rate absorb, as in the references).
+
+    Trained by default on group-balanced batches with the groups as environments, as WILDS
+    trains IRM (examples/configs/algorithm.py, IRM: `uniform_over_groups: True`; see
+    `trainables.sampling` for how its 'group' loader differs). Every environment needs two
+    halves for the penalty, so `examples` is refused.
+
+    The `loss` statistic is ``nll + λ·penalty``. The step count is the number of `backward`
+    calls and survives `state_dict`. Environments absent from a batch are left out of the mean
+    risk; those with a single example have no two halves and are left out of the mean penalty.
     """
 
     name = "irm"
     defaults = {"penalty_weight": 100.0, "anneal_steps": 500}
+    default_environments = "groups"
+    default_sampler = "group_balanced"
 
     def __init__(self, env_counts: torch.Tensor, params: Mapping[str, Any]) -> None:
         super().__init__(env_counts, params)
@@ -47,20 +64,20 @@ class IRM(Objective):
             )
         self.step = 0
 
-    def backward(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
+    def backward_from(
+        self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
     ) -> dict[str, float]:
-        """One forward of the whole batch; per-environment risks and penalties from its logits."""
+        """Per-environment risks and penalties from the whole batch's logits."""
         weight = self.penalty_weight if self.step >= self.anneal_steps else 1.0
         stats: dict[str, float] = {}
         if self.anneal_steps > 0 and self.step == self.anneal_steps:
             stats["reset_optimizer"] = 1.0
         self.step += 1
 
-        logits = model(x)
+        del model
         nll, penalty = irm_risks(logits, y, env, self.n_envs)
         loss = nll + weight * penalty
-        scale(loss / weight if weight > 1.0 else loss).backward()
+        scale(loss).backward()
         values = torch.stack([loss, nll, penalty]).tolist()
         stats.update(loss=values[0], nll=values[1], penalty=values[2], penalty_weight=weight)
         return stats

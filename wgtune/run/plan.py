@@ -70,6 +70,7 @@ def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:
         "objective": cell.objective,
         "objective_options": dict(objective.options),
         "environments": objective.environments,
+        "sampler": objective.sampler,
         "epochs": grid.epochs(cell.dataset),
         "augment": grid.augment(cell.dataset),
         "weights": grid.weights(cell),

@@ -64,7 +64,11 @@ class Resources(ResourceSpec):
 
 
 class ObjectiveSettings(_Strict):
-    environments: Literal["groups", "attribute"] = "groups"
+    """An objective's setting in this study; unset environments and sampler are the objective's own
+    defaults, which follow its reference (trainables/setting.py)."""
+
+    environments: str | None = None
+    sampler: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -311,6 +315,7 @@ def _check_names(grid: Grid) -> None:
     from trainables.models import resolve
     from trainables.objectives import OBJECTIVES
     from trainables.options import merge_options
+    from trainables.setting import resolve_setting
 
     path = grid.path
     for dataset in grid.dataset_names():
@@ -325,6 +330,9 @@ def _check_names(grid: Grid) -> None:
         cls = OBJECTIVES.get(objective)
         options = grid.objective_settings(objective).options
         _lookup(path, f"objectives.{objective}.options", lambda: merge_options(f"objective {objective!r}", cls.defaults, options))
+        chosen = grid.objective_settings(objective)
+        _lookup(path, f"objectives.{objective}",
+                lambda: resolve_setting(objective, chosen.environments, chosen.sampler))
 
 
 def _check_dataset_settings(grid: Grid) -> None:

@@ -21,7 +21,7 @@ from wgtune.spec.spaces import Dimension, SearchSpace, SpaceError, load_space, s
 DEFAULTS: dict[str, dict[str, Any]] = {
     "erm": {},
     "irm": {"penalty_weight": 100.0, "anneal_steps": 500},
-    "ilc": {"threshold": 1.0},
+    "ilc": {"threshold": 0.1, "allow_masked_head": False},
     "groupdro": {"eta": 0.01, "adjustment": 0.0},
 }
 BASE = "lr: {loguniform: [1.0e-4, 3.0e-1]}\nbatch_size: {choice: [32, 64, 128]}\nmomentum: 0.9\n"
