@@ -171,7 +171,9 @@ class CellRecord:
 
     def tags(self) -> dict[str, str]:
         """The parent run's tags: `wgtune.kind=cell`, `wgtune.cell=<id>`, and `wgtune.<field>` for every field."""
-        fields = {tag(f.name): _tag_text(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "cell_id"}
+        # An empty field (a scratch cell's weights) is no tag: `from_tags` reads an absent tag as empty.
+        fields = {tag(f.name): _tag_text(getattr(self, f.name)) for f in dataclasses.fields(self)
+                  if f.name != "cell_id" and getattr(self, f.name) != ""}
         return {KIND_TAG: KIND_CELL, CELL_TAG: self.cell_id, **fields}
 
     @classmethod

@@ -254,6 +254,9 @@ def test_formatting_helpers() -> None:
 def test_a_cell_record_reads_back_from_its_parent_run_tags() -> None:
     record = CellRecord("wb/r18", "waterbirds", "resnet", "18", "resnet-18", 11_200_000, "groupdro", True)
     assert CellRecord.from_tags(record.tags()) == record
+    assert "wgtune.weights" not in record.tags(), "nothing loaded, nothing tagged"
+    loaded = dataclasses.replace(record, weights="torchvision:resnet18.IMAGENET1K_V1")
+    assert CellRecord.from_tags(loaded.tags()) == loaded
     assert CellRecord.from_tags({}) == CellRecord.unknown("")
 
 
