@@ -25,6 +25,7 @@ from wgtune.tracking.records import (
     CELL_TEST_WORST_LOW,
     CELL_TEST_WORST_MEAN,
     CELL_TRIALS_SPENT,
+    CONFIG_PREFIX,
     PHASE_FINAL,
     SEED_PARAM,
     CellRecord,
@@ -199,7 +200,9 @@ def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float, metric:
         trials_spent=sum(t.status in ("FINISHED", "FAILED") for t in search), samples=samples,
         tuning=tuning_noise(samples), n_failed=len(diverged))
     if chosen is not None:
-        base.update(chosen_config=dict(chosen.params), chosen_run_id=chosen.run_id,
+        # The searched values; the whole resolved config (`config.*` params) stays on the run in MLflow.
+        searched = {k: v for k, v in chosen.params.items() if not k.startswith(CONFIG_PREFIX)}
+        base.update(chosen_config=searched, chosen_run_id=chosen.run_id,
                     chosen_val_worst=chosen.metrics.get(VAL_WORST))
     elif any(t.status == "FINISHED" for t in search):
         notes.append(f"no finished search trial logged {metric}: nothing to select")

@@ -296,3 +296,13 @@ def test_report_imports_no_torch_ray_or_matplotlib(tmp_path: Path) -> None:
         "assert not [m for m in ('torch', 'ray') if m in sys.modules]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_chosen_config_shows_what_was_searched_not_the_logged_trial_config() -> None:
+    from wgtune.tracking.records import CONFIG_PREFIX
+
+    cell = CellRecord("d/m1/erm", "d", "resnet", "", "m1", 1_000_000, "erm", False)
+    trial = TrialRecord("r1", "d/m1/erm", "t1", "t1", "FINISHED", "tpe", "search",
+                        {"lr": "0.01", f"{CONFIG_PREFIX}optimizer": "sgd"}, {"best/val_worst_acc": 0.5}, 1, 2, None)
+    [row] = build_report([cell], [trial]).rows
+    assert row.chosen_config == {"lr": "0.01"}
