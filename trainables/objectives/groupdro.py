@@ -65,9 +65,9 @@ class GroupDRO(Objective):
         loss = (q.to(env_loss.dtype) * env_loss).sum()
         scale(loss).backward()
         worst = torch.where(present, env_loss.detach().float(), float("-inf")).max(0)
+        # 0-dim device tensors: the loop reads them back in bulk (trainables/meter.py), no sync per step.
         summary = [loss.detach(), per_example.detach().mean(), worst.values, worst.indices, q.max()]
-        values = torch.stack([value.float() for value in summary]).tolist()  # one device sync
-        return dict(zip(["loss", "mean_loss", "worst_env_loss", "worst_env", "q_max"], values))
+        return dict(zip(["loss", "mean_loss", "worst_env_loss", "worst_env", "q_max"], (v.float() for v in summary)))
 
     def state_dict(self) -> dict[str, Any]:
         """The environment weights q."""

@@ -69,7 +69,7 @@ class IRM(Objective):
     ) -> dict[str, float]:
         """Per-environment risks and penalties from the whole batch's logits."""
         weight = self.penalty_weight if self.step >= self.anneal_steps else 1.0
-        stats: dict[str, float] = {}
+        stats: dict[str, float | torch.Tensor] = {}
         if self.anneal_steps > 0 and self.step == self.anneal_steps:
             stats["reset_optimizer"] = 1.0
         self.step += 1
@@ -78,8 +78,9 @@ class IRM(Objective):
         nll, penalty = irm_risks(logits, y, env, self.n_envs)
         loss = nll + weight * penalty
         scale(loss).backward()
-        values = torch.stack([loss, nll, penalty]).tolist()
-        stats.update(loss=values[0], nll=values[1], penalty=values[2], penalty_weight=weight)
+        # 0-dim device tensors: the loop reads them back in bulk (trainables/meter.py), no sync per step.
+        stats.update(loss=loss.detach().float(), nll=nll.detach().float(), penalty=penalty.detach().float(),
+                     penalty_weight=weight)
         return stats
 
     def state_dict(self) -> dict[str, Any]:

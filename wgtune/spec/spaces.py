@@ -11,6 +11,7 @@ Which keys an objective takes is declared by `trainables.objectives.OBJECTIVES[n
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 import numbers
 import re
@@ -29,7 +30,11 @@ __all__ = ["Dimension", "SearchSpace", "SpaceError", "load_space", "space_files"
 _BASE_KEYS: dict[str, Any] = {
     "lr": float, "weight_decay": float, "batch_size": int, "optimizer": ("sgd", "adamw"),
     "momentum": float, "schedule": ("cosine", "step", "constant"), "epochs": int,
+    "sampler": str, "augment": str,
 }
+# Keys whose values are names in a trainables registry: checked when a space sets them (the
+# registries import torch, which a space without them never pays).
+_REGISTERED = {"sampler": ("trainables.sampling", "SAMPLERS"), "augment": ("trainables.augment", "AUGMENTATIONS")}
 _ARITY: dict[str, tuple[str, ...]] = {
     "uniform": ("low", "high"), "loguniform": ("low", "high"), "quniform": ("low", "high", "q"),
     "qloguniform": ("low", "high", "q"), "normal": ("mu", "sigma"), "choice": ("options...",),
@@ -249,7 +254,20 @@ def load_space(
             dims[key] = _parse(key, raw, "objective_options", override_source, own[key])
         else:
             raise SpaceError(_unknown(override_source, key, [*_BASE_KEYS, *own], f"base or objective {objective!r}"))
+    for key, (module, registry) in _REGISTERED.items():
+        if key in dims:
+            _check_registered(dims[key], getattr(importlib.import_module(module), registry))
     return SearchSpace(tuple(dims.values()))
+
+
+def _check_registered(dim: Dimension, registry: Any) -> None:
+    """Every value a dimension can take is a registered name, or one message naming the source and what is valid."""
+    values = dim.args if dim.kind in ("choice", "fixed") else ()
+    for value in values:
+        try:
+            registry.get(value)
+        except ValueError as err:
+            raise SpaceError(f"{dim.source}: {dim.name!r}: {err}") from None
 
 
 def space_files() -> list[Path]:

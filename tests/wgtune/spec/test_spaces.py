@@ -391,3 +391,11 @@ def test_a_box_rebuilt_around_its_own_trials_does_not_creep_outward() -> None:
         again = space.narrow(neighbours, margin=0.1, keep=own)
         assert next(d for d in again.dims if d.name == "lr").args == pytest.approx(lr.args)
         box = again
+
+
+def test_a_sampler_is_searchable_and_a_misspelt_one_is_refused_before_anything_runs() -> None:
+    space = load_space("erm", {"sampler": {"choice": ["shuffle", "group_balanced"]}}, override_source="grid.yaml: search_space")
+    assert "sampler" in [d.name for d in space.searched()]
+    with pytest.raises(SpaceError, match=r"grid.yaml: search_space: 'sampler': unknown sampler 'balanced'. "
+                                         r"Did you mean 'group_balanced'\? Valid: shuffle, group_balanced"):
+        load_space("erm", {"sampler": {"choice": ["shuffle", "balanced"]}}, override_source="grid.yaml: search_space")
