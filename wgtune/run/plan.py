@@ -59,7 +59,10 @@ def cell_budget(grid: Grid, summary: CellSummary | None) -> CellBudget:
 
 def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:
     """The trial settings that do not vary within a cell (searched values are added per trial)."""
+    from trainables.setting import resolve_setting
+
     objective = grid.objective_settings(cell.objective)
+    environments, sampler = resolve_setting(cell.objective, objective.environments, objective.sampler)
     train = grid.spec.train
     return {
         "dataset": cell.dataset,
@@ -69,8 +72,9 @@ def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:
         "pretrained": cell.pretrained,
         "objective": cell.objective,
         "objective_options": dict(objective.options),
-        "environments": objective.environments,
-        "sampler": objective.sampler,
+        # Resolved here, so what MLflow logs (and history is compared on) is what trains, never "None".
+        "environments": environments,
+        "sampler": sampler,
         "epochs": grid.epochs(cell.dataset),
         "augment": grid.augment(cell.dataset),
         "weights": grid.weights(cell),
