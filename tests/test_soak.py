@@ -17,5 +17,7 @@ def test_a_short_soak_with_faults_and_two_driver_kills_ends_complete(tmp_path):
     assert figures["exits"] == ["killed", "killed", "0"]
     assert figures["faults"] >= 3
     assert figures["lost"] == 0 and figures["reported_finished"] >= 2 * 6
-    assert figures["statuses"].get("FINISHED") == 2 * (6 + 1)
+    # A final seed whose attempt met the injected NaN is done as diverged (FAILED, tagged), never re-trained;
+    # which attempt meets which fault depends on the order trials start, so it may or may not happen.
+    assert figures["statuses"].get("FINISHED") + figures["diverged_finals"] == 2 * (6 + 1)
     assert "RUNNING" not in figures["statuses"]
