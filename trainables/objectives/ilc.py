@@ -24,32 +24,34 @@ class ILC(Objective):
     present in the batch; absent ones are skipped.
 
     One forward pass over the whole batch, then one backward pass per present environment on
-    that shared graph, as the ILC authors' code does (`autograd.grad` per environment) ("the output of the model, where inputs
-    were *all examples from all envs stacked in a big batch*"), and the original study
-    (kylrth/worst_group_scale ilc.py, modified from it). BatchNorm therefore normalises every
-    environment with the whole batch's statistics, as at evaluation (with running statistics
-    accumulated from whole batches). DomainBed's `ANDMask` forwards each environment's
-    minibatch alone, but its ResNets keep BatchNorm frozen in eval mode (domainbed/networks.py
-    `freeze_bn`); with BatchNorm training, per-environment forwards let a model rely on
-    statistics of single-group batches that do not exist at test time (measured: see
-    `Objective`).
+    that shared graph, as the ILC authors' code does with `autograd.grad` per environment ("the
+    output of the model, where inputs were *all examples from all envs stacked in a big
+    batch*"), and the original study (kylrth/worst_group_scale ilc.py, modified from it).
+    BatchNorm therefore normalises every environment with the whole batch's statistics, as at
+    evaluation (with running statistics accumulated from whole batches). DomainBed's `ANDMask`
+    forwards each environment's minibatch alone, but its ResNets keep BatchNorm frozen in eval
+    mode (domainbed/networks.py `freeze_bn`); with BatchNorm training, per-environment forwards
+    let a model rely on statistics of single-group batches that do not exist at test time
+    (measured: see `Objective`).
 
     Memory: the activations of the whole batch (as ERM) are kept until the last environment's
     backward pass, where ERM frees them during its one; gradients are not stacked per
     environment as in the references but streamed through parameter hooks: each environment's
     is added into `.grad` (which ends up holding the mean) and its signs into one int16 count per
-    parameter. The extra memory does not grow with the number of environments (measured in
-    BENCHMARKS.md, "ilc memory"). Time: one backward pass through the
-    whole batch per present environment, so `environments: examples` costs a backward pass per
-    example, as in the references.
+    parameter. The extra memory does not grow with the number of environments (BENCHMARKS.md,
+    "ilc memory"). Time: one backward pass through the whole batch per present environment, so
+    `environments: examples` costs a backward pass per example, as in the references.
 
     Defaults: environments `examples`, as the original study ran ILC and as the ILC authors'
     CIFAR-10 code does (every example its own environment). Threshold 0.1: the original study
     ran 0.1, 0.25 and 0.5 (run.py `main`), the authors' CIFAR-10 README 0.2; on a binary task
     with labels balanced in the batch, per-example environments keep the classifier's bias only
     when the batch's label imbalance reaches the threshold (see `masking`), which 0.1 allows on
-    about a third of batches of 64 and 0.5 almost never. `check_setting` refuses the settings
-    that freeze the head; `allow_masked_head: true` overrides that.
+    about a third of batches of 64 and 0.5 almost never. Sampler `group_balanced`, as every
+    robust objective here. Deliberate deviation: the original study ran ILC on shuffled batches
+    (its 'standard' loader without `uniform_over_groups`); `sampler: shuffle` restores that.
+    `check_setting` refuses the settings that freeze the classifier's bias;
+    `allow_masked_head: true` overrides that.
     """
 
     name = "ilc"
