@@ -1,9 +1,13 @@
 """Peak memory of one ILC (AND-mask) training step against one ERM step, timm ResNets.
 
     .venv/bin/python bench/ilc_memory.py [--models resnet18 resnet50] [--batches 8 32] [--image-size 224]
+                                         [--examples-models resnet18]
 
-The default batches (8 and 32, a 4x step like 16 -> 64) keep the run near 4 minutes on two shared
-CPU cores; ``--batches 16 64`` takes about 7 there and shows the same picture.
+ILC is measured with 4 environments (the groups) and, for `--examples-models`, with every example
+its own environment (ILC's default): one forward pass of the whole batch, then one backward pass
+per environment on that graph, so the per-example variant costs a backward pass per example
+(time) but should need no more memory than 4 environments. The default batches (8 and 32, a 4x
+step like 16 -> 64) keep the run near 10 minutes on two shared CPU cores.
 
 Every (model, batch, objective) is measured in a fresh subprocess, so allocator state and
 lifetime peaks of one configuration cannot leak into another. In each: build the model, data
@@ -56,7 +60,9 @@ def _reset_peak_rss() -> bool:
 
 
 def measure(model_name: str, batch: int, objective_name: str, image_size: int) -> dict[str, object]:
-    """One configuration, in this process: extra bytes and seconds of one training step."""
+    """One configuration, in this process: extra bytes and seconds of one training step.
+
+    `objective_name` "ilc-examples" is ILC with every example its own environment."""
     import timm
     import torch
 
@@ -67,8 +73,10 @@ def measure(model_name: str, batch: int, objective_name: str, image_size: int) -
     model = timm.create_model(model_name, pretrained=False, num_classes=2).to(device).train()
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
-    env = (torch.arange(batch) % N_ENVS).to(device)
-    objective = create_objective(objective_name, torch.full((N_ENVS,), 1000))
+    examples = objective_name == "ilc-examples"
+    env = (torch.arange(batch) if examples else torch.arange(batch) % N_ENVS).to(device)
+    objective = create_objective("ilc" if examples else objective_name,
+                                 torch.ones(batch) if examples else torch.full((N_ENVS,), 1000))
 
     def new_optimizer() -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -123,13 +131,17 @@ def _table(rows: list[dict[str, object]], header: str) -> str:
     lines = [
         header,
         "",
-        "| model | batch | ERM MB | ILC MB | ratio | ERM s | ILC s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| model | batch | ERM MB | ILC ({N_ENVS} envs) MB | ratio | ILC (examples) MB | ratio "
+        f"| ERM s | ILC ({N_ENVS} envs) s | ILC (examples) s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        ex = row.get("ilc_ex")
+        ex_mb = f"{ex / mb:.0f} | {ex / row['erm']:.2f}" if ex is not None else "— | —"
+        ex_s = f"{row['ilc_ex_s']:.1f}" if ex is not None else "—"
         lines.append(
             f"| {row['model']} | {row['batch']} | {row['erm'] / mb:.0f} | {row['ilc'] / mb:.0f} "
-            f"| {row['ilc'] / row['erm']:.2f} | {row['erm_s']:.1f} | {row['ilc_s']:.1f} |"
+            f"| {row['ilc'] / row['erm']:.2f} | {ex_mb} | {row['erm_s']:.1f} | {row['ilc_s']:.1f} | {ex_s} |"
         )
     lines += ["", "Seconds: wall time of the one measured step, indicative only on a shared machine.", ""]
     for model in dict.fromkeys(row["model"] for row in rows):
@@ -151,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--examples-models", nargs="*", default=["resnet18"],
+                        help="models also measured with per-example environments (a backward pass per example)")
     parser.add_argument("--measure", nargs=4, metavar=("MODEL", "BATCH", "OBJECTIVE", "SIZE"),
                         help=argparse.SUPPRESS)  # the per-configuration subprocess
     args = parser.parse_args(argv)
@@ -165,13 +179,19 @@ def main(argv: list[str] | None = None) -> None:
             erm = _measure_in_subprocess(model, batch, "erm", args.image_size)
             ilc = _measure_in_subprocess(model, batch, "ilc", args.image_size)
             detail = erm
-            rows.append({"model": model, "batch": batch, "erm": erm["extra_bytes"], "ilc": ilc["extra_bytes"],
-                         "erm_s": erm["seconds"], "ilc_s": ilc["seconds"], "params": erm["param_bytes"]})
+            row = {"model": model, "batch": batch, "erm": erm["extra_bytes"], "ilc": ilc["extra_bytes"],
+                   "erm_s": erm["seconds"], "ilc_s": ilc["seconds"], "params": erm["param_bytes"]}
+            if model in args.examples_models:
+                ilc_ex = _measure_in_subprocess(model, batch, "ilc-examples", args.image_size)
+                row.update(ilc_ex=ilc_ex["extra_bytes"], ilc_ex_s=ilc_ex["seconds"])
+            rows.append(row)
             print(f"{model} batch {batch}: ERM {erm['extra_bytes'] / 2**20:.0f} MB, "
                   f"ILC {ilc['extra_bytes'] / 2**20:.0f} MB", file=sys.stderr, flush=True)
     header = (
         f"ILC (AND-mask) vs ERM: extra memory of one training step (forward, backward, SGD-momentum "
-        f"step with fresh state), {N_ENVS} environments, {args.image_size} px, timm models, random init.\n"
+        f"step with fresh state), {args.image_size} px, timm models, random init. ILC makes one forward "
+        f"pass of the whole batch and one backward pass per environment on its graph: {N_ENVS} "
+        f"environments (the groups), or every example its own (ILC's default).\n"
         f"Measured {datetime.date.today().isoformat()} on {detail['device']} "
         f"({platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch threads: default); method: {detail['method']}; "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -23,33 +23,35 @@ class ILC(Objective):
     and_mask/and_mask_utils.py) and DomainBed's `ANDMask` do. The mean is over the environments
     present in the batch; absent ones are skipped.
 
-    One forward pass over the whole batch, then one `autograd.grad` per present environment on
-    that shared graph, as the ILC authors' code does ("the output of the model, where inputs
-    were *all examples from all envs stacked in a big batch*"), and the original study
-    (kylrth/worst_group_scale ilc.py, modified from it). BatchNorm therefore normalises every
-    environment with the whole batch's statistics, as at evaluation (with running statistics
-    accumulated from whole batches). DomainBed's `ANDMask` forwards each environment's
-    minibatch alone, but its ResNets keep BatchNorm frozen in eval mode (domainbed/networks.py
-    `freeze_bn`); with BatchNorm training, per-environment forwards let a model rely on
-    statistics of single-group batches that do not exist at test time (measured: see
-    `Objective`).
+    One forward pass over the whole batch, then one backward pass per present environment on
+    that shared graph, as the ILC authors' code does with `autograd.grad` per environment ("the
+    output of the model, where inputs were *all examples from all envs stacked in a big
+    batch*"), and the original study (kylrth/worst_group_scale ilc.py, modified from it).
+    BatchNorm therefore normalises every environment with the whole batch's statistics, as at
+    evaluation (with running statistics accumulated from whole batches). DomainBed's `ANDMask`
+    forwards each environment's minibatch alone, but its ResNets keep BatchNorm frozen in eval
+    mode (domainbed/networks.py `freeze_bn`); with BatchNorm training, per-environment forwards
+    let a model rely on statistics of single-group batches that do not exist at test time
+    (measured: see `Objective`).
 
-    Memory: the activations of the whole batch (as ERM) are kept while the environments'
-    gradients are taken in turn; gradients are not stacked per environment as in the references
-    but streamed: each environment's is added into `.grad` (which ends up holding the mean) and
-    its signs into one int16 count per parameter, so the memory beyond ERM's is about 1.5 times
-    the parameters' (one environment's gradient and the sign counts), independent of the number
-    of environments. Time: one backward pass through the
-    whole batch per present environment, so `environments: examples` costs a backward pass per
-    example, as in the references.
+    Memory: the activations of the whole batch (as ERM) are kept until the last environment's
+    backward pass, where ERM frees them during its one; gradients are not stacked per
+    environment as in the references but streamed through parameter hooks: each environment's
+    is added into `.grad` (which ends up holding the mean) and its signs into one int16 count per
+    parameter. The extra memory does not grow with the number of environments (BENCHMARKS.md,
+    "ilc memory"). Time: one backward pass through the whole batch per present environment, so
+    `environments: examples` costs a backward pass per example, as in the references.
 
     Defaults: environments `examples`, as the original study ran ILC and as the ILC authors'
     CIFAR-10 code does (every example its own environment). Threshold 0.1: the original study
     ran 0.1, 0.25 and 0.5 (run.py `main`), the authors' CIFAR-10 README 0.2; on a binary task
     with labels balanced in the batch, per-example environments keep the classifier's bias only
     when the batch's label imbalance reaches the threshold (see `masking`), which 0.1 allows on
-    about a third of batches of 64 and 0.5 almost never. `check_setting` refuses the settings
-    that freeze the head; `allow_masked_head: true` overrides that.
+    about a third of batches of 64 and 0.5 almost never. Sampler `group_balanced`, as every
+    robust objective here. Deliberate deviation: the original study ran ILC on shuffled batches
+    (its 'standard' loader without `uniform_over_groups`); `sampler: shuffle` restores that.
+    `check_setting` refuses the settings that freeze the classifier's bias;
+    `allow_masked_head: true` overrides that.
     """
 
     name = "ilc"
@@ -69,7 +71,7 @@ class ILC(Objective):
     def backward_from(
         self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
     ) -> dict[str, float]:
-        """One `autograd.grad` per present environment on the batch's graph; leaves the masked mean in `.grad`."""
+        """One backward pass per present environment on the batch's graph; leaves the masked mean in `.grad`."""
         params = [p for p in model.parameters() if p.requires_grad]
         per_example = F.cross_entropy(logits, y, reduction="none")
         present = torch.unique(env)  # sorted
@@ -77,30 +79,36 @@ class ILC(Objective):
         slot = torch.searchsorted(present, env)
         counts = torch.bincount(slot, minlength=n_present).to(per_example.dtype)
         env_losses = torch.zeros_like(counts).index_add(0, slot, per_example) / counts
-
         signs = [torch.zeros_like(p, dtype=torch.int16) for p in params]
-        grads: list[torch.Tensor | None] = [None] * len(params)
-        for k in range(n_present):
-            # Dividing by the number of environments leaves their mean in .grad; signs, and so
-            # the mask, are unaffected. The graph is kept until the last environment's pass.
-            env_grads = torch.autograd.grad(
-                scale(env_losses[k] / n_present), params, retain_graph=k < n_present - 1, allow_unused=True
-            )
-            for i, g in enumerate(env_grads):
-                if g is None:  # unused by the model's forward: nothing to mask
-                    continue
-                signs[i].add_(torch.sign(g).to(torch.int16))
-                grads[i] = g if grads[i] is None else grads[i].add_(g)
+
+        def count_signs(buffer: torch.Tensor) -> Callable[[torch.Tensor], None]:
+            def hook(grad: torch.Tensor) -> None:
+                buffer.add_(torch.sign(grad).to(torch.int16))
+
+            return hook
+
+        for p in params:
+            p.grad = None  # .grad accumulates exactly the environments' gradients below
+        # A hook on each parameter sees each environment's gradient on its way into .grad, so no
+        # environment's full gradient is ever held beside the running sum.
+        handles = [p.register_hook(count_signs(s)) for p, s in zip(params, signs)]
+        try:
+            for k in range(n_present):
+                # Dividing by the number of environments leaves their mean in .grad; signs, and
+                # so the mask, are unaffected. The graph is kept until the last environment's pass.
+                scale(env_losses[k] / n_present).backward(retain_graph=k < n_present - 1)
+        finally:
+            for handle in handles:
+                handle.remove()
 
         kept = torch.zeros((), device=logits.device)
-        for p, g, s in zip(params, grads, signs):
-            if g is None:
-                p.grad = None
+        for p, s in zip(params, signs):
+            if p.grad is None:  # unused by the model's forward: nothing to mask
                 continue
             mask = s.abs().to(torch.float32) / n_present >= self.threshold
             fraction = mask.sum() / mask.numel()
             # Rescale before masking so that an all-masked tensor stays exactly zero.
-            p.grad = g.mul_(1.0 / (1e-10 + fraction)).masked_fill_(~mask, 0.0)
+            p.grad.mul_(1.0 / (1e-10 + fraction)).masked_fill_(~mask, 0.0)
             kept = kept + mask.sum()
         numel = sum(p.numel() for p in params)
         summary = torch.stack([env_losses.detach().mean().float(), kept.float()])
