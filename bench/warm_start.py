@@ -98,7 +98,8 @@ from trainables.metrics import SELECTION_METRIC  # noqa: E402
 from wgtune.search.budget import CellBudget  # noqa: E402
 from wgtune.search.priors import CellPriors, cell_priors  # noqa: E402
 from wgtune.search.router import CellRouter, SearchPlan  # noqa: E402
-from wgtune.spec.grid import Cell, PriorSettings  # noqa: E402
+from wgtune.spec.grid import Cell
+from wgtune.spec.schema import PriorSettings  # noqa: E402
 from wgtune.spec.spaces import SearchSpace, load_space  # noqa: E402
 from wgtune.tracking.records import loggable_params  # noqa: E402
 from wgtune.tracking.summary import CellSummary, Observation  # noqa: E402

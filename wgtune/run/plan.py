@@ -6,12 +6,14 @@ the driver.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from wgtune.search.budget import CellBudget
 from wgtune.search.priors import CellPriors
-from wgtune.spec.grid import Cell, Grid, ResourceSpec
+from wgtune.spec.grid import Cell, Grid, GridError
+from wgtune.spec.schema import ResourceSpec
 from wgtune.spec.spaces import SearchSpace, load_space
 from wgtune.tracking.records import config_params, logged_config
 from wgtune.tracking.summary import CellSummary
@@ -36,11 +38,13 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> 
     plans = []
     for cell in grid.cells():
         space = load_space(
-            cell.objective,
+            grid.registered_objective(cell.objective),
             grid.space_overrides(cell),
             override_source=f"{grid.path}: search_space",
         )
-        planned = PlannedCell(cell=cell, space=space, base_config=base_config(grid, cell),
+        config = base_config(grid, cell)
+        check_cell_setting(grid, cell, space, config)
+        planned = PlannedCell(cell=cell, space=space, base_config=config,
                               resources=grid.resources(cell), budget=cell_budget(grid, None),
                               seed=cell.seed(grid.spec.search.seed))
         summary = history.get(cell.id)
@@ -49,6 +53,60 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> 
         trained = summary.trained_as(fixed_settings(planned), space.searched_keys()) if summary else None
         plans.append(replace(planned, budget=cell_budget(grid, trained)))
     return plans
+
+
+SETTING_DIMS = ("batch_size", "sampler", "environments")
+"""The trial-config keys (besides the objective's options) that decide whether an objective can train every
+parameter (`trainables.setting.check_setting`)."""
+
+
+def check_cell_setting(grid: Grid, cell: Cell, space: SearchSpace, config: Mapping[str, Any]) -> None:
+    """Refuse, before anything starts, a cell whose objective cannot train every parameter somewhere in its search
+    space (an ILC threshold that freezes the classifier's bias at the top of its range, say), naming the grid, the
+    cell, the setting and the objective's reason. A searched range is checked at its ends and a choice at every
+    option: the conditions `check_setting` applies are monotone in each value (ILC: the threshold, the batch size)."""
+    from trainables.config import TrialConfig
+    from trainables.datasets import DATASETS
+    from trainables.setting import check_setting
+
+    data = DATASETS.get(cell.dataset)
+    dims = [d for d in space.dims if d.target == "objective_options" or d.name in SETTING_DIMS]
+    base = {"batch_size": TrialConfig.batch_size, **{k: config[k] for k in SETTING_DIMS if k in config}}
+    for values in itertools.product(*(_extremes(d.kind, d.args) for d in dims)):
+        point = dict(base)
+        options = dict(config.get("objective_options", {}))
+        for d, value in zip(dims, values):
+            (options if d.target == "objective_options" else point)[d.name] = value
+        try:
+            check_setting(config["objective"], environments=point["environments"], sampler=point["sampler"],
+                          options=options, n_classes=data.n_classes, n_groups=data.n_groups,
+                          batch_size=int(point["batch_size"]))
+        except ValueError as err:
+            where = ", ".join(f"{d.name} {v}" for d, v in zip(dims, values) if d.kind != "fixed")
+            raise GridError(f"{grid.path}: objectives.{cell.objective}: cell {cell.label}"
+                            f"{f' (searched, at {where})' if where else ''}: {err}") from None
+
+
+def cell_setting(plan: PlannedCell) -> dict[str, str]:
+    """What the cell trains: its registered objective, environments and sampler (a searched one as
+    `searched: a | b`), as the dry run prints it and the cell's parent run records it."""
+    searched = {d.name: d for d in plan.space.searched() if d.target == "config"}
+    setting = {"objective": str(plan.base_config["objective"])}
+    for key in ("environments", "sampler"):
+        dim = searched.get(key)
+        setting[key] = (f"searched: {' | '.join(map(str, dim.args))}" if dim is not None and dim.kind == "choice"
+                        else str(plan.base_config[key]))
+    return setting
+
+
+def _extremes(kind: str, args: tuple[Any, ...]) -> list[Any]:
+    if kind == "fixed":
+        return [args[0]]
+    if kind == "choice":
+        return list(args)
+    if kind == "normal":
+        return [args[0]]
+    return [args[0], args[1]]
 
 
 def cell_budget(grid: Grid, summary: CellSummary | None) -> CellBudget:
@@ -62,7 +120,8 @@ def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:
     from trainables.setting import resolve_setting
 
     objective = grid.objective_settings(cell.objective)
-    environments, sampler = resolve_setting(cell.objective, objective.environments, objective.sampler)
+    registered = grid.registered_objective(cell.objective)
+    environments, sampler = resolve_setting(registered, objective.environments, objective.sampler)
     train = grid.spec.train
     return {
         "dataset": cell.dataset,
@@ -70,7 +129,7 @@ def base_config(grid: Grid, cell: Cell) -> dict[str, Any]:
         "data_root": grid.data_root,
         "model": cell.model,
         "pretrained": cell.pretrained,
-        "objective": cell.objective,
+        "objective": registered,
         "objective_options": dict(objective.options),
         # Resolved here, so what MLflow logs (and history is compared on) is what trains, never "None".
         "environments": environments,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from wgtune.run.plan import PlannedCell, fixed_settings, plan_cells
+from wgtune.run.plan import PlannedCell, cell_setting, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, render
 from wgtune.search.priors import CellPriors, cell_priors
 from wgtune.spec.errors import UserError
@@ -413,6 +413,7 @@ def describe(grid: Grid, tracking_uri: str | None = None) -> str:
         lines.append(f"\n{planned.cell.label}  [{planned.cell.id}]")
         lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget.search} search trials "
                      f"of {planned.base_config['epochs']} epochs, augment {planned.base_config['augment']}")
+        lines.append("  trains " + ", ".join(f"{k} {v}" for k, v in cell_setting(planned).items()))
         lines.extend(f"  {line}" for line in planned.space.describe())
     return "\n".join(lines)
 
@@ -428,8 +429,10 @@ def cell_record(planned: PlannedCell) -> CellRecord:
     cell = planned.cell
     prep = resolve_preprocessing(resolve(cell.model), cell.dataset, TrialConfig.from_mapping(planned.base_config))
     weights = check_pretrained(cell.model, planned.base_config["weights"]) if cell.pretrained else ""
+    setting = cell_setting(planned)
     return CellRecord.of(cell, count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size),
-                         weights)
+                         weights, registered_objective=setting["objective"], environments=setting["environments"],
+                         sampler=setting["sampler"])
 
 
 def _headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:

@@ -33,7 +33,8 @@ from wgtune.spec.spaces import SearchSpace, SpaceError
 from wgtune.tracking.records import logged_config, settings_mismatch
 
 if TYPE_CHECKING:
-    from wgtune.spec.grid import Cell, PriorSettings
+    from wgtune.spec.grid import Cell
+    from wgtune.spec.schema import PriorSettings
     from wgtune.tracking.summary import CellSummary, Observation
 
 

@@ -11,132 +11,21 @@ import fnmatch
 import hashlib
 import itertools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from trainables.registry import did_you_mean
 from wgtune.spec.errors import UserError
-
-SpaceSpec = dict[str, Any]
-"""A search-space fragment in the syntax of `search_spaces/*.yaml`."""
+from wgtune.spec.schema import Filter, GridFile, ObjectiveSettings, ResourceSpec, describe_errors
 
 
 class GridError(UserError):
     """The grid file is wrong; the message names the file and the key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SearchSettings(_Strict):
-    """Per-cell budget and how trials are scheduled."""
-
-    num_samples: int = Field(10, ge=1, description="trials per cell")
-    max_concurrent: int = Field(4, ge=1, description="trials running at once, whole study")
-    scheduler: Literal["asha", "fifo"] = "fifo"
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
-    n_startup: int = Field(5, ge=0, description="random trials per cell before TPE")
-    max_failures: int = Field(1, ge=0, description="retries of a failed trial from its checkpoint")
-    seed: int = 0
-
-
-class ResourceSpec(_Strict):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
-
-    @field_validator("gpu")
-    @classmethod
-    def _whole_or_fraction(cls, gpu: float) -> float:
-        if gpu > 1 and not float(gpu).is_integer():
-            raise ValueError("a trial takes a fraction of one GPU or a whole number of GPUs")
-        return gpu
-
-
-class Resources(ResourceSpec):
-    """Per trial; `overrides` by model family ("vit") or model id ("resnet-152")."""
-
-    overrides: dict[str, ResourceSpec] = Field(default_factory=dict)
-
-
-class ObjectiveSettings(_Strict):
-    """An objective's setting in this study; unset environments and sampler are the objective's own
-    defaults, which follow its reference (trainables/setting.py)."""
-
-    environments: str | None = None
-    sampler: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class PriorSettings(_Strict):
-    """Where a cell's TPE starts from (see wgtune/search/priors.py)."""
-
-    transfer: Literal["neighbours", "none"] = "neighbours"
-    narrow: Literal["box", "soft", "none"] = Field("none", description=(
-        "box: TPE searches a box around the neighbours' top trials; soft: the random start-up draws from "
-        "a size-aware prior that keeps mass on the whole space (search/soft_prior.py); none: the whole space"))
-    neighbours: int = Field(2, ge=1, description="nearest cells in log size whose history informs a cell")
-    top_k: int = Field(3, ge=1, description="best trials of each neighbour that span the box")
-    margin: float = Field(0.1, ge=0, description="box: widened by this fraction of each original range")
-    across_families: bool = Field(False, description="neighbours may be of another model family")
-
-
-class TrainSettings(_Strict):
-    """Trial settings that are not searched and hold for every cell (see trainables/config.py)."""
-
-    image_size: int | None = Field(None, ge=8)
-    num_workers: int = Field(0, ge=0, description="decoding processes; also the decoders of a cache build")
-    amp: bool = True
-    cache: bool = Field(True, description="decode WILDS images once per node into a shared uint8 cache")
-    eval_test: str = Field("best", description="best: test only where validation worst-group improves; every")
-    compile: bool = Field(False, description="torch.compile the model")
-
-    @field_validator("eval_test")
-    @classmethod
-    def _known_eval_test(cls, value: str) -> str:
-        from trainables.config import EVAL_TEST
-
-        if value not in EVAL_TEST:
-            raise ValueError(f"must be one of {', '.join(EVAL_TEST)}")
-        return value
-
-
-class Filter(_Strict):
-    """Cells matching every given field (strings are shell patterns)."""
-
-    dataset: Union[str, list[str], None] = None
-    model: Union[str, list[str], None] = None
-    family: Union[str, list[str], None] = None
-    objective: Union[str, list[str], None] = None
-    pretrained: Union[bool, None] = None
-
-
-class GridFile(_Strict):
-    """The schema of a grid file."""
-
-    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    study_dir: str | None = None
-    storage: str | None = None
-    data_root: str | None = None
-    datasets: Union[list[str], dict[str, dict[str, Any]]]
-    models: Union[list[str], dict[str, list[Union[str, int, float]]]]
-    pretrained: Union[bool, list[bool]] = False
-    objectives: Union[list[str], dict[str, ObjectiveSettings]]
-    epochs: Union[int, dict[str, int], None] = Field(None, description="every data set's, or per data set")
-    augment: Union[str, dict[str, str]] = Field("none", description="training augmentation, or per data set")
-    weights: dict[str, str] = Field(default_factory=dict, description="pretrained source per model family")
-    search: SearchSettings = SearchSettings()
-    resources: Resources = Resources()
-    search_space: dict[str, SpaceSpec] = Field(default_factory=dict)
-    priors: PriorSettings = PriorSettings()
-    train: TrainSettings = TrainSettings()
-    final_seeds: int = Field(3, ge=0)
-    include: list[Filter] = Field(default_factory=list)
-    exclude: list[Filter] = Field(default_factory=list)
 
 
 def cell_label(dataset: str, model: str, objective: str, pretrained: bool) -> str:
@@ -244,6 +133,10 @@ class Grid:
         objectives = self.spec.objectives
         return objectives[objective] if isinstance(objectives, dict) else ObjectiveSettings()
 
+    def registered_objective(self, objective: str) -> str:
+        """The registered objective (`trainables.objectives.OBJECTIVES`) the cells named `objective` train."""
+        return self.objective_settings(objective).objective or objective
+
     def resources(self, cell: Cell) -> ResourceSpec:
         """Per-trial resources: a model-id override beats a family override beats the default."""
         overrides = self.spec.resources.overrides
@@ -276,11 +169,21 @@ class Grid:
         return self.spec.weights.get(cell.family) if cell.pretrained else None
 
     def space_overrides(self, cell: Cell) -> dict[str, Any]:
-        """Grid overrides of the search space, applied in order: all, data set, family, objective, model."""
+        """Grid overrides of the search space, applied in order: all, data set, family, registered objective,
+        the cells' objective name (where it differs: `erm_balanced`), model."""
         merged: dict[str, Any] = {}
-        for key in ("all", cell.dataset, cell.family, cell.objective, cell.model):
+        for key in dict.fromkeys(("all", cell.dataset, cell.family, self.registered_objective(cell.objective),
+                                  cell.objective, cell.model)):
             merged.update(self.spec.search_space.get(key, {}))
         return merged
+
+    def space_targets(self) -> list[str]:
+        """What a `search_space` key may name: all, a data set, model family, objective (either name) or model."""
+        cells = self.cells()
+        names = ["all", *self.dataset_names(), *(c.family for c in cells),
+                 *(self.registered_objective(o) for o in self.objective_names()), *self.objective_names(),
+                 *(c.model for c in cells)]
+        return list(dict.fromkeys(names))
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -301,7 +204,7 @@ def load_grid(path: str | Path) -> Grid:
     try:
         spec = GridFile.model_validate(raw)
     except ValidationError as err:
-        raise GridError(_describe(path, err)) from None
+        raise GridError(describe_errors(path, err)) from None
     grid = Grid(spec, path)
     _check_names(grid)
     if not grid.cells():
@@ -326,13 +229,26 @@ def _check_names(grid: Grid) -> None:
         _lookup(path, "models", lambda: resolve(model))
     _check_dataset_settings(grid)
     for objective in grid.objective_names():
-        _lookup(path, "objectives", lambda: OBJECTIVES.get(objective))
-        cls = OBJECTIVES.get(objective)
-        options = grid.objective_settings(objective).options
-        _lookup(path, f"objectives.{objective}.options", lambda: merge_options(f"objective {objective!r}", cls.defaults, options))
         chosen = grid.objective_settings(objective)
+        registered = grid.registered_objective(objective)
+        if chosen.objective is None:
+            _lookup(path, "objectives", lambda: OBJECTIVES.get(objective),
+                    hint=f" (to run a registered objective as cells of another name, give "
+                         f"objectives.{objective}.objective)" if isinstance(grid.spec.objectives, dict) else "")
+        else:
+            if not _NAME.fullmatch(objective):
+                raise GridError(f"{path}: objectives.{objective}: a cell name is letters, digits, '_', '.' and '-'")
+            _lookup(path, f"objectives.{objective}.objective", lambda: OBJECTIVES.get(registered))
+        cls = OBJECTIVES.get(registered)
+        _lookup(path, f"objectives.{objective}.options",
+                lambda: merge_options(f"objective {registered!r}", cls.defaults, chosen.options))
         _lookup(path, f"objectives.{objective}",
-                lambda: resolve_setting(objective, chosen.environments, chosen.sampler))
+                lambda: resolve_setting(registered, chosen.environments, chosen.sampler))
+    targets = grid.space_targets()
+    for key in grid.spec.search_space:
+        if key not in targets:
+            raise GridError(f"{path}: search_space.{key}: names no data set, model family, objective or model of "
+                            f"this grid.{did_you_mean(key, targets)} Valid: {', '.join(targets)}")
 
 
 def _check_dataset_settings(grid: Grid) -> None:
@@ -362,11 +278,14 @@ def _check_dataset_settings(grid: Grid) -> None:
                             f" Valid: {', '.join(families)}")
 
 
-def _lookup(path: Path, key: str, check: Any) -> None:
+def _lookup(path: Path, key: str, check: Any, hint: str = "") -> None:
     try:
         check()
     except ValueError as err:
-        raise GridError(f"{path}: {key}: {err}") from None
+        raise GridError(f"{path}: {key}: {err}{hint}") from None
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _matches(rule: Filter, cell: Cell) -> bool:
@@ -378,53 +297,6 @@ def _matches(rule: Filter, cell: Cell) -> bool:
         if not any(fnmatch.fnmatchcase(getattr(cell, field), p) for p in patterns):
             return False
     return rule.pretrained is None or rule.pretrained == cell.pretrained
-
-
-_UNION_BRANCHES = frozenset({"int", "str", "float", "bool", "none"})
-
-
-def _describe(path: Path, err: ValidationError) -> str:
-    """One line per problem: file, dotted key, what is wrong and, for unknown keys, what is valid."""
-    lines, keys = [], set()
-    for problem in err.errors():
-        # A union's branches add their type to the location (`epochs.int`, `epochs.dict[str,int]`):
-        # the user wrote `epochs`, and hears about it once, from the first branch.
-        loc = [str(p) for p in problem["loc"] if str(p) not in _UNION_BRANCHES
-               and not str(p).startswith(("list[", "dict[", "union["))]
-        key = ".".join(loc) or "(top level)"
-        if key in keys and problem["type"] not in ("extra_forbidden", "missing"):
-            continue
-        keys.add(key)
-        if problem["type"] == "extra_forbidden":
-            valid = _fields_at(loc[:-1])
-            lines.append(f"{path}: {key}: unknown key.{did_you_mean(loc[-1], valid)} Valid: {', '.join(valid)}")
-        elif problem["type"] == "missing":
-            lines.append(f"{path}: {key}: required key is missing")
-        else:
-            lines.append(f"{path}: {key}: {problem['msg']} (got {problem.get('input')!r})")
-    return "\n".join(dict.fromkeys(lines))
-
-
-def _fields_at(loc: list[str]) -> list[str]:
-    """The valid keys of the schema object at `loc` (list indices and dict keys are skipped)."""
-    model: Any = GridFile
-    for part in loc:
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if field is None:
-            continue
-        model = _model_in(field.annotation) or model
-    return list(model.model_fields) if hasattr(model, "model_fields") else []
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The BaseModel inside an annotation such as `list[Filter]` or `dict[str, ResourceSpec]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def check_study_dir(grid: Grid) -> None:

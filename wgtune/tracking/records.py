@@ -152,12 +152,18 @@ class CellRecord:
     pretrained: bool
     weights: str = ""
     """The pretrained source the cell's trials load (`timm:resnet18.a1_in1k`, `torchvision:...`); empty from scratch."""
+    registered_objective: str = ""
+    """The registered objective the cell trains: `objective` names the cell (`erm_balanced` may train `erm`)."""
+    environments: str = ""
+    sampler: str = ""
+    """The cell's environments and sampler, resolved (`searched: shuffle | group_balanced` where the space searches it)."""
 
     @classmethod
-    def of(cls, cell: Cell, n_params: int, weights: str = "") -> CellRecord:
-        """The record of a grid cell whose model has `n_params` parameters and loads `weights`."""
+    def of(cls, cell: Cell, n_params: int, weights: str = "", **setting: str) -> CellRecord:
+        """The record of a grid cell whose model has `n_params` parameters and loads `weights`; `setting` holds
+        `registered_objective`, `environments` and `sampler`."""
         return cls(cell.id, cell.dataset, cell.family, cell.size, cell.model, n_params, cell.objective, cell.pretrained,
-                   weights)
+                   weights, **setting)
 
     @classmethod
     def unknown(cls, cell_id: str) -> CellRecord:

@@ -258,6 +258,10 @@ def test_a_cell_record_reads_back_from_its_parent_run_tags() -> None:
     loaded = dataclasses.replace(record, weights="torchvision:resnet18.IMAGENET1K_V1")
     assert CellRecord.from_tags(loaded.tags()) == loaded
     assert CellRecord.from_tags({}) == CellRecord.unknown("")
+    balanced = dataclasses.replace(record, objective="erm_balanced", registered_objective="erm",
+                                   environments="groups", sampler="group_balanced")
+    assert CellRecord.from_tags(balanced.tags()) == balanced
+    assert balanced.tags()["wgtune.sampler"] == "group_balanced"
 
 
 def test_figures_are_written_for_full_partial_and_empty_studies(study: StudyReport, tmp_path: Path) -> None:

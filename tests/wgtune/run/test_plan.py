@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wgtune.run.plan import plan_cells
-from wgtune.spec.grid import load_grid
+import pytest
+
+from wgtune.run.plan import cell_setting, plan_cells
+from wgtune.spec.grid import GridError, load_grid
 from wgtune.tracking.summary import CellSummary
 
 GRID = """\
@@ -103,3 +105,55 @@ def test_priors_json_is_written_by_a_new_experiment_and_never_by_a_restore(tmp_p
         tracker.flush()
     saved = MlflowClient(uri).download_artifacts(parent, "priors.json", str(tmp_path))
     assert json.loads(Path(saved).read_text()) == json.loads(json.dumps(cells[0].priors.describe(), default=str))
+
+
+def test_a_cell_named_otherwise_trains_its_registered_objective_with_its_own_sampler(tmp_path: Path) -> None:
+    (tmp_path / "grid.yaml").write_text(GRID.replace("objectives: [erm]", """objectives:
+  erm: {}
+  erm_balanced: {objective: erm, sampler: group_balanced}"""))
+    plain, balanced = plan_cells(load_grid(tmp_path / "grid.yaml"))
+
+    assert plain.base_config["objective"] == balanced.base_config["objective"] == "erm"
+    assert (plain.base_config["sampler"], balanced.base_config["sampler"]) == ("shuffle", "group_balanced")
+    assert plain.space.describe() == balanced.space.describe()  # ERM's space, not a missing one
+    assert cell_setting(balanced) == {"objective": "erm", "environments": "groups", "sampler": "group_balanced"}
+
+
+ILC_GRID = GRID.replace("objectives: [erm]", "objectives:\n  ilc: {environments: groups, sampler: shuffle}")
+
+
+@pytest.mark.parametrize("threshold, refused", [
+    ("{uniform: [0.05, 0.9]}", True),   # the top of the range freezes the classifier's bias
+    ("0.9", True),
+    ("{uniform: [0.05, 0.3]}", False),  # below 1/3, the bound for 4 single-label groups
+])
+def test_an_ilc_cell_whose_search_space_can_freeze_the_head_is_refused_before_it_starts(
+        tmp_path: Path, threshold: str, refused: bool) -> None:
+    (tmp_path / "grid.yaml").write_text(ILC_GRID + f"search_space: {{ilc: {{threshold: {threshold}}}}}\n")
+    grid = load_grid(tmp_path / "grid.yaml")
+
+    if refused:
+        with pytest.raises(GridError, match=r"grid.yaml: objectives.ilc: cell spurious_digits · resnet-10x0.25 · ilc"
+                                            r".*threshold 0.9 freezes the classifier's bias.*allow_masked_head"):
+            plan_cells(grid)
+    else:
+        assert plan_cells(grid)
+
+
+def test_a_searched_sampler_is_checked_at_each_choice_and_recorded_as_searched(tmp_path: Path) -> None:
+    # Threshold 0.3 is below the shuffled-batch bound (1/3), but balanced batches almost always hold both labels.
+    grid = GRID.replace("objectives: [erm]", "objectives:\n  ilc: {environments: groups}")
+    space = "search_space: {ilc: {threshold: 0.3, sampler: {choice: [shuffle, SECOND]}}}\n"
+    (tmp_path / "grid.yaml").write_text(grid + space.replace("SECOND", "group_balanced"))
+    with pytest.raises(GridError, match=r"\(searched, at batch_size 32, sampler group_balanced\).*0.04% of steps"):
+        plan_cells(load_grid(tmp_path / "grid.yaml"))
+
+    (tmp_path / "grid.yaml").write_text(grid.replace("groups}", "attribute}") + space.replace("SECOND", "group_balanced"))
+    [planned] = plan_cells(load_grid(tmp_path / "grid.yaml"))
+    assert cell_setting(planned)["sampler"] == "searched: shuffle | group_balanced"
+
+
+def test_the_masked_head_can_be_forced_on_purpose(tmp_path: Path) -> None:
+    (tmp_path / "grid.yaml").write_text(ILC_GRID.replace("sampler: shuffle", "sampler: shuffle, options: "
+                                                         "{threshold: 0.9, allow_masked_head: true}"))
+    assert plan_cells(load_grid(tmp_path / "grid.yaml"))

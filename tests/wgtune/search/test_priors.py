@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from wgtune.search.priors import cell_priors, parse_params
-from wgtune.spec.grid import Cell, PriorSettings
+from wgtune.spec.grid import Cell
+from wgtune.spec.schema import PriorSettings
 from wgtune.spec.spaces import load_space
 from wgtune.tracking.summary import CellSummary, Observation
 

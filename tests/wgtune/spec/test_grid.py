@@ -102,6 +102,15 @@ resources:
          r"datasets.spurious_digits: dataset 'spurious_digits': unknown option 'spurious_frac'. "
          r"Did you mean 'spurious_fraction'\?"),
         (lambda t: t + "exclude: [{dataset: '*'}]\n", r"the grid has no cells"),
+        (lambda t: t + "search_space: {resnt: {lr: 0.1}}\n",
+         r"grid.yaml: search_space.resnt: names no data set, model family, objective or model of this grid. "
+         r"Did you mean 'resnet'\? Valid: all, spurious_digits, resnet, vit, erm, groupdro, resnet-10x0.25"),
+        (lambda t: t.replace("[erm, groupdro]", "{erm_balanced: {sampler: group_balanced}}"),
+         r"objectives: unknown objective 'erm_balanced'.*give objectives.erm_balanced.objective"),
+        (lambda t: t.replace("[erm, groupdro]", "{erm_b: {objective: emr}}"),
+         r"objectives.erm_b.objective: unknown objective 'emr'. Did you mean 'erm'\?"),
+        (lambda t: t.replace("[erm, groupdro]", "{'erm/b': {objective: erm}}"),
+         r"objectives.erm/b: a cell name is letters, digits"),
         (lambda t: "study: [", r"grid.yaml \(line \d+\): not valid YAML"),
         (lambda t: "- just\n- a list\n", r"a grid file is a mapping"),
     ],
@@ -229,3 +238,19 @@ search_space:
 def test_per_data_set_settings_are_checked(tmp_path, extra, expected):
     with pytest.raises(GridError, match=expected):
         load_grid(write(tmp_path, PER_DATASET + extra + "\n"))
+
+
+def test_one_objective_runs_as_two_cells_under_two_names(tmp_path):
+    # ERM on group-balanced batches is a baseline of its own (Idrissi et al. 2022): a cell beside plain ERM.
+    grid = load_grid(write(tmp_path, VALID.replace("[erm, groupdro]", """
+  erm: {}
+  erm_balanced: {objective: erm, sampler: group_balanced}
+""") + "search_space: {erm: {lr: 0.1}, erm_balanced: {batch_size: 128}}\n"))
+    cells = [c for c in grid.cells() if c.model == "resnet-10x0.25" and not c.pretrained]
+
+    assert [c.objective for c in cells] == ["erm", "erm_balanced"]
+    assert len({c.id for c in cells}) == 2
+    assert [grid.registered_objective(c.objective) for c in cells] == ["erm", "erm"]
+    # Overrides for the registered objective hold for both; the cells' own name comes after it.
+    assert grid.space_overrides(cells[0]) == {"lr": 0.1}
+    assert grid.space_overrides(cells[1]) == {"lr": 0.1, "batch_size": 128}
