@@ -30,7 +30,7 @@ and schedule fixed):
 (d')            the same without narrowing (`narrow="none"`): first points only.
 (d'')           `narrow="soft"`: the space is not narrowed; the size-aware prior fitted across the
                 neighbours' sizes (search/size_prior.py) gives the first point (its centre) and
-                the random start-up's draws (search/soft_prior.py, search/startup.py), then TPE.
+                the random start-up's draws (search/soft_prior.py, search/prior_tpe.py), then TPE.
 (e), (e'), (e'') as (d), (d'), (d'') for a new size larger than both finished ones (extrapolation, the
                 usual order of a scaling study), against (e0), cold TPE on that size.
 

@@ -18,7 +18,7 @@ from hyperopt import STATUS_FAIL, STATUS_OK, Domain, pyll, tpe
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Trials, spec_from_misc, trials_from_docs
 from hyperopt.utils import coarse_utcnow
 
-from wgtune.search import startup
+from wgtune.search import prior_tpe
 from wgtune.search.budget import CellBudget
 from wgtune.spec.grid import derive_seed
 
@@ -57,7 +57,7 @@ class SearchPlan:
     allow_repeats: bool = False
     """Whether a search trial may re-run a configuration the cell has already tried."""
     prior: SoftPrior | None = None
-    """What the random start-up draws from instead of `space`'s own prior (`search.startup.suggest`):
+    """What the random start-up draws from instead of `space`'s own prior (`search.prior_tpe.suggest`):
     a new cell's size-aware prior under `priors: {narrow: soft}`; TPE then searches `space` itself."""
 
     def __post_init__(self) -> None:
@@ -112,7 +112,7 @@ class CellSearch:
         self.algo: Callable[..., list[dict]] = functools.partial(
             tpe.suggest, n_startup_jobs=plan.n_startup, verbose=False
         ) if plan.prior is None else functools.partial(
-            startup.suggest, prior=plan.prior, n_startup_jobs=plan.n_startup, verbose=False
+            prior_tpe.suggest, prior=plan.prior, n_startup_jobs=plan.n_startup, verbose=False
         )
         self.draws = plan.seed if plan.draw_seed is None else plan.draw_seed
         self.rng = np.random.default_rng(self.draws)

@@ -78,7 +78,7 @@ class CellPriors:
 
     @property
     def startup_prior(self) -> SoftPrior | None:
-        """The prior the cell's random start-up draws from (`search.startup.suggest`), if any."""
+        """The prior the cell's random start-up draws from (`search.prior_tpe.suggest`), if any."""
         return self.size_prior if self.soft and self.size_prior is not None and self.size_prior.informed else None
 
     def describe(self) -> dict[str, Any]:
@@ -178,8 +178,9 @@ def cell_priors(
     first: list[dict[str, Any]] = []
     if not finished and sources:
         tried = {_key(p) for p in _fitting(space, usable)}
-        centre = [size_prior.centre_point()] if settings.narrow == "soft" and size_prior and size_prior.informed else []
-        candidates = centre + _top_configs(space, sources, 1, skips, check)
+        # With the soft prior, the neighbours' bests moved to this size along the slopes the data pin first.
+        moved = list(size_prior.transferred) if settings.narrow == "soft" and size_prior and size_prior.informed else []
+        candidates = moved + _top_configs(space, sources, 1, skips, check)
         first = [p for p in {_key(p): p for p in candidates if space.contains(p) is None}.values()
                  if _key(p) not in tried]
     return CellPriors(

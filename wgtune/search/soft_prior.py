@@ -25,8 +25,11 @@ over the ORIGINAL space:
   trials (its random start-up plus `MIN_INFORMED` that TPE chose); thinner ones are skipped, with
   the reason.
 
-The prior never becomes TPE's space: `wgtune.search.startup` explains why (hyperopt's TPE and a
-mixture space do not mix with history) and draws a cell's start-up trials from it instead.
+The mixture never becomes TPE's space (hyperopt's TPE and a mixture space do not mix with
+history): `wgtune.search.prior_tpe` draws a cell's start-up from it, then runs TPE mostly on
+`SoftPrior.tpe_space()` (the original labels, numeric bounds narrowed to the bands' `hull`, choices
+reweighted) and otherwise on the original space. `SoftPrior.transferred` holds the first points:
+each neighbour's best configuration, moved to the target size along a slope the data pin.
 """
 
 from __future__ import annotations
@@ -127,6 +130,9 @@ class SoftPrior:
     fit: SizeFit | None = None
     sources: tuple[str, ...] = ()
     skipped: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    transferred: tuple[dict[str, Any], ...] = ()
+    """Each source's best configuration moved to the target size along the fitted slopes, nearest
+    source first: the first points to try (today's "neighbours' best configs", made size-aware)."""
 
     @property
     def informed(self) -> bool:
@@ -163,6 +169,45 @@ class SoftPrior:
             return branches[0][1]
         return hp.pchoice("choices", list(zip(_sum_to_one([p for p, _ in branches]), [b for _, b in branches])))
 
+    def hull(self) -> tuple[Band, ...]:
+        """Per numeric dimension, the hull of its bands under the likely combinations of choices
+        (those at least half as probable as the most probable one); a dimension without a band
+        under one of them has none (it keeps its full range)."""
+        weights = {c.name: c.weights for c in self.choices}
+        choice_dims = [d for d in self.space.searched() if d.kind == "choice"]
+        combos = []
+        for picks in itertools.product(*(range(len(d.args)) for d in choice_dims)):
+            p = math.prod(weights.get(d.name, (1.0,) * len(d.args))[i] for d, i in zip(choice_dims, picks))
+            combos.append((p, {d.name: d.args[i] for d, i in zip(choice_dims, picks)}))
+        top = max(p for p, _ in combos)
+        likely = [c for p, c in combos if p >= top / 2]
+        out = []
+        for d in self.space.searched():
+            bands = [self.band_for(d.name, c) for c in likely] if d.kind != "choice" else []
+            if bands and all(b is not None for b in bands):
+                out.append(Band(d.name, (), min(b.low for b in bands), max(b.high for b in bands),
+                                float(np.mean([b.centre for b in bands]))))
+        return tuple(out)
+
+    def tpe_space(self) -> dict[str, Any]:
+        """The space TPE searches most of the time: the ORIGINAL labels and kinds (so history stays
+        valid), each numeric dimension over its `hull`, each choice over all its options with the
+        prior's weights (`hp.pchoice`: TPE's categorical prior, its pseudo-counts, follows them).
+        Uninformed, it is the original space."""
+        from hyperopt import hp
+        from hyperopt.pyll import scope
+
+        weights = {c.name: c.weights for c in self.choices}
+        dims = {d.name: d for d in self.space.searched()}
+        out = self.space.to_hyperopt()
+        for name, w in weights.items():
+            out[name] = hp.pchoice(name, list(zip(_sum_to_one(w), dims[name].args)))
+        for band in self.hull():
+            d = dims[band.name]
+            near = _near_expr(d, band, d.name)
+            out[d.name] = scope.int(near) if d.integer else near
+        return out
+
     def _numeric_expr(self, d: Dimension, band: Band | None, k: int) -> Any:
         from hyperopt import hp
         from hyperopt.pyll import scope
@@ -184,27 +229,6 @@ class SoftPrior:
         if reason:  # the mixture's bounds are the original's or inside them: a bug, not bad input
             raise AssertionError(f"a prior draw left the space: {reason}")
         return params
-
-    def centre_point(self) -> dict[str, Any]:
-        """Every choice at its most probable option, every numeric dimension at its band's centre
-        under those choices (snapped into the band, quantized); a dimension without a band keeps
-        the middle of its range (a normal's mu)."""
-        weights = {c.name: c.weights for c in self.choices}
-        point: dict[str, Any] = {}
-        for d in self.space.searched():
-            if d.kind == "choice":
-                point[d.name] = d.args[int(np.argmax(weights.get(d.name, (1.0,) * len(d.args))))]
-        for d in self.space.searched():
-            if d.kind == "choice":
-                continue
-            band = self.band_for(d.name, point)
-            if band is not None:
-                own = min(max(band.centre, band.low), band.high)
-            else:
-                lo, hi = _own_bounds(d)
-                own = d.args[0] if d.kind == "normal" else (lo + hi) / 2
-            point[d.name] = _from_own(d, own)
-        return point
 
     def holds(self, params: Mapping[str, Any]) -> bool:
         """Whether `params` lie in the prior's high-density region: each numeric value inside its
@@ -305,7 +329,10 @@ def build_prior(
                 anchors.append(_own(d, own_best[d.name]))
             bands.append(_band(d, combination, centre, half, [a for a in anchors if math.isfinite(a)]))
     choices = [ChoiceWeights(d.name, _choice_weights(d, kept, top_k, outside)) for d in searched if d.kind == "choice"]
-    return SoftPrior(space, tuple(bands), tuple(choices), outside, fit, tuple(n.label for n in kept), tuple(skipped))
+    by_distance = sorted(zip(kept, sizes), key=lambda pair: abs(math.log(pair[0].n_params) - target))
+    transferred = _transferred(space, fit, [s for _, s in by_distance], [n for n, _ in by_distance], target)
+    return SoftPrior(space, tuple(bands), tuple(choices), outside, fit, tuple(n.label for n in kept), tuple(skipped),
+                     transferred)
 
 
 # -- scales ------------------------------------------------------------------------------------
@@ -380,6 +407,26 @@ def _size_trials(n: NeighbourTrials, numeric: Sequence[Dimension], choice_dims: 
         scores.append(float(score))
         options.append({d.name: params[d.name] for d in choice_dims if d.name in params})
     return SizeTrials(n.n_params, tuple(points), tuple(scores), n.label, tuple(options) if choice_dims else ())
+
+
+def _transferred(space: SearchSpace, fit: SizeFit, sizes: Sequence[SizeTrials],
+                 kept: Sequence[NeighbourTrials], target: float) -> tuple[dict[str, Any], ...]:
+    """Each neighbour's best configuration, its numeric values moved by slope x (target - its ln N)
+    where the slope is clear of zero (inside the bounds, quantized), its choices kept; duplicates once."""
+    out: list[dict[str, Any]] = []
+    for size, n in zip(sizes, kept):
+        scored = [(score, params) for params, score in n.trials if math.isfinite(score)]
+        params = dict(max(scored, key=lambda item: item[0])[1])
+        for d in space.searched():
+            f = fit.dims.get(d.name)
+            # Moved only along a slope the data pin (|slope| >= 2 se): a noisy slope would move a
+            # configuration that worked, e.g. over the divergence cliff above the best lr.
+            if d.kind != "choice" and f is not None and d.name in params and abs(f.slope) >= 2 * f.slope_se:
+                params[d.name] = _from_own(d, _own(d, params[d.name]) + f.slope * (target - math.log(size.n_params)))
+        params = {d.name: params[d.name] for d in space.searched() if d.name in params}
+        if space.contains(params) is None and params not in out:
+            out.append(params)
+    return tuple(out)
 
 
 def _anchor(f: DimensionFit, size: SizeTrials, name: str, combination: Mapping[str, Any], target: float) -> float:

@@ -252,7 +252,7 @@ def test_a_new_cell_gets_a_size_fit_per_hyperparameter_and_with_narrow_soft_draw
     """The size-aware prior is wired: a new cell's fit across its family's searched sizes (slope,
     centre, band per hyperparameter) is what `wgtune priors` shows; `narrow: soft` makes the random
     start-up draw from it, never changes the space TPE searches (so margin 0 works, every choice
-    option stays, and nothing can creep across relaunches), and proposes its centre first."""
+    option stays, and nothing can creep across relaunches), and proposes the neighbours' bests, moved to its size along clear slopes, first."""
     sizes = {**SIZES, SMALL.id: 2_000_000, BIG.id: 50_000_000}
     summaries = {c.id: summary(c.id, *ridge(sizes[c.id], 14)) for c in (SMALL, BIG)}
 
@@ -264,7 +264,7 @@ def test_a_new_cell_gets_a_size_fit_per_hyperparameter_and_with_narrow_soft_draw
     assert fit["band"][0] < fit["centre"] < fit["band"][1]
     assert shown.startup_prior is None and shown.describe()["size_prior"]["drawn_from"] is False
     assert soft.startup_prior is not None and soft.space == SPACE
-    assert soft.first_params[0] == soft.startup_prior.centre_point()
+    assert soft.first_params[0] == soft.startup_prior.transferred[0]
     # Between the sizes, the centre sits between the two sizes' optima (lr 10^-1.35 and 10^-2.05).
     assert 10 ** -2.3 < fit["centre"] < 10 ** -1.1
 

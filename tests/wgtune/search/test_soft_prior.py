@@ -151,6 +151,24 @@ def test_the_mixture_keeps_prior_mass_outside_every_band():
     assert outside > 0.1
 
 
+def test_transferred_points_are_the_neighbours_bests_moved_only_along_a_clear_slope():
+    rng = np.random.default_rng(10)
+    steep = {n: trials(rng, 20, 0.1 * (n / 1e6) ** -0.5, spread=0.1, optimizer="sgd", batch_size=64)
+             for n in (10**6, 10**8)}
+    prior = build_prior(SPACE, [neighbour(str(n), n, r) for n, r in steep.items()], 10**9, n_startup=5)
+    best = {n: max(r, key=lambda t: t[1])[0] for n, r in steep.items()}
+
+    slope = prior.fit.dims["lr"].slope
+    assert abs(slope) >= 2 * prior.fit.dims["lr"].slope_se
+    first = prior.transferred[0]  # the nearest neighbour's best, moved a decade up in size
+    assert math.isclose(math.log(first["lr"]), math.log(best[10**8]["lr"]) + slope * math.log(10), rel_tol=1e-9)
+    assert first["optimizer"] == best[10**8]["optimizer"] and len(prior.transferred) == 2
+
+    flat = [neighbour("one", 10**6, trials(rng, 20, 0.01))]  # one size: slope 0 ± prior, not moved
+    one = build_prior(SPACE, flat, 10**8, n_startup=5)
+    assert one.transferred == (max(flat[0].trials, key=lambda t: t[1])[0],)
+
+
 def test_a_best_trial_at_the_edge_of_its_band_widens_that_side():
     rng = np.random.default_rng(8)
     rows = [neighbour("a", 10**6, trials(rng, 20, 0.01, spread=0.1, optimizer="sgd", batch_size=64))]
@@ -164,15 +182,17 @@ def test_a_best_trial_at_the_edge_of_its_band_widens_that_side():
     assert band.widened and band.high > plain.high + 0.5 * (plain.high - plain.low) / 2 and band.low == plain.low
 
 
-def test_holds_centre_point_and_describe():
+def test_holds_and_describe():
     rng = np.random.default_rng(9)
     rows = [neighbour(str(n), n, trials(rng, 20, 0.01)) for n in (10**6, 10**7)]
     prior = build_prior(SPACE, rows, 3 * 10**6, n_startup=5)
 
-    centre = prior.centre_point()
-    assert SPACE.contains(centre) is None and prior.holds(centre)
-    band = prior.band_for("lr", centre)
-    assert not prior.holds({**centre, "lr": float(min(math.exp(band.high) * 3, 0.3))}) or band.high >= math.log(0.1)
+    combo = {"optimizer": "sgd", "batch_size": 64}
+    band = prior.band_for("lr", combo)
+    wd = prior.band_for("weight_decay", combo)
+    inside = {**combo, "lr": math.exp(band.centre), "weight_decay": math.exp(wd.centre)}
+    assert prior.holds(inside)
+    assert not prior.holds({**inside, "lr": math.exp(band.low) / 2})  # below the band (inside the space)
     described = json.loads(json.dumps(prior.describe()))
     assert described["sources"] == ["1000000", "10000000"] and described["fit"]["dims"]["lr"]["band"]
     assert {b["name"] for b in described["bands"]} == {"lr", "weight_decay"}

@@ -1,4 +1,4 @@
-"""The start-up of a cell's TPE: prior draws as docs of the original space, then TPE; history stays valid."""
+"""TPE with a soft prior: prior draws as docs of the original space, then TPE mostly on the bands; history stays valid."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hyperopt import STATUS_OK, Domain, Trials, fmin, tpe
 from hyperopt.base import JOB_STATE_DONE, trials_from_docs
 
 from wgtune.search.soft_prior import NeighbourTrials, SoftPrior, build_prior
-from wgtune.search.startup import suggest
+from wgtune.search.prior_tpe import suggest
 from wgtune.spec.spaces import load_space
 
 SPACE = load_space("erm", objective_defaults={})
@@ -68,14 +68,39 @@ def test_start_up_suggestions_are_the_priors_draws_as_docs_of_the_original_space
     assert SPACE.contains(SPACE.decode(doc["misc"]["vals"])) is None
 
 
-def test_past_the_start_up_it_is_tpe_over_the_original_space():
+def test_past_the_start_up_most_suggestions_search_the_bands_and_some_the_whole_space():
     domain = Domain(_identity, SPACE.to_hyperopt())
-    trials = history(domain, N_STARTUP + 3)
+    trials = history(domain, N_STARTUP + 5)
+    [lr] = [b for b in PRIOR.hull() if b.name == "lr"]
+    low, high = lr.low, lr.high
 
-    [ours] = suggest([100], domain, trials, 7, prior=PRIOR, n_startup_jobs=N_STARTUP)
-    [theirs] = tpe.suggest([100], domain, trials, 7, n_startup_jobs=N_STARTUP)
+    inside = 0
+    for seed in range(40):
+        [doc] = suggest([100], domain, trials, seed, prior=PRIOR, n_startup_jobs=N_STARTUP)
+        assert set(doc["misc"]["vals"]) == set(domain.params) and doc["misc"]["cmd"] == domain.cmd
+        params = SPACE.decode(doc["misc"]["vals"])
+        assert SPACE.contains(params) is None
+        inside += low <= math.log(params["lr"]) <= high
 
-    assert ours["misc"]["vals"] == theirs["misc"]["vals"]
+    assert high - low < math.log(0.3 / 1e-4) - 1.0  # the hull is narrower than the space
+    assert 20 <= inside < 40  # mostly the bands, never only them
+
+
+def test_the_narrowed_space_keeps_the_labels_the_hull_and_every_option():
+    from hyperopt.pyll import stochastic
+
+    space = PRIOR.tpe_space()
+    hull = {b.name: b for b in PRIOR.hull()}
+
+    assert set(Domain(_identity, space).params) == set(Domain(_identity, SPACE.to_hyperopt()).params)
+    assert set(hull) == {"lr", "weight_decay"}
+    rng = np.random.default_rng(0)
+    draws = [stochastic.sample(space, rng=rng) for _ in range(200)]
+    for name, band in hull.items():
+        assert all(band.low - 1e-9 <= math.log(d[name]) <= band.high + 1e-9 for d in draws)
+    assert {d["optimizer"] for d in draws} == {"sgd", "adamw"} and {d["batch_size"] for d in draws} == {32, 64, 128}
+    assert SoftPrior(SPACE).tpe_space().keys() == SPACE.to_hyperopt().keys()
+    assert SoftPrior(SPACE).hull() == ()
 
 
 def test_history_injection_works_with_the_prior_and_breaks_tpe_on_the_mixture_space():
