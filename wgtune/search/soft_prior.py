@@ -3,8 +3,8 @@
 What it replaces: `wgtune.priors` narrows the space TPE searches to a box (the bounding box of the
 neighbours' top configurations plus a margin, Perrone et al. 2019). That is a hard cut: an optimum
 outside the box can never be proposed, choice options no neighbour used are gone, and `margin: 0`
-collapses a dimension. Here the space TPE searches is never changed. The prior is a distribution
-over the ORIGINAL space:
+collapses a dimension. Here nothing of the original space becomes unreachable and no option is
+cut: the prior is a distribution over the ORIGINAL space:
 
 - per numeric dimension, a mixture (hyperopt's `hp.pchoice`) of a narrowed distribution over the
   band the size fit predicts (`wgtune.search.size_prior`: centre ± prediction interval at the
