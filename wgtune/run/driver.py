@@ -44,6 +44,7 @@ class RunSettings:
     grace_period: int
     max_failures: int
     n_startup: int
+    allow_repeats: bool = False
     address: str | None = None
     progress_every_s: float = 30.0
     restore: bool = False
@@ -55,7 +56,8 @@ class RunSettings:
         search = grid.spec.search
         settings = {"storage": grid.storage, "name": name, "max_concurrent": search.max_concurrent,
                     "scheduler": search.scheduler, "grace_period": search.grace_period,
-                    "max_failures": search.max_failures, "n_startup": search.n_startup}
+                    "max_failures": search.max_failures, "n_startup": search.n_startup,
+                    "allow_repeats": search.allow_repeats}
         return cls(**{**settings, **overrides})
 
 
@@ -112,7 +114,7 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
     # freed capacity for a big request that does not fit yet, so big trials queued behind small
     # ones starve until the small cells run dry (GPU occupancy 0.66-0.75 vs 0.91, bench/occupancy.py).
     biggest_first = sorted(cells, key=lambda c: (-c.resources.gpu, -c.resources.cpu))
-    plans = [search_plan(c, settings.n_startup) for c in biggest_first if c.budget.has_work]
+    plans = [search_plan(c, settings.n_startup, settings.allow_repeats) for c in biggest_first if c.budget.has_work]
     router = CellRouter(plans, metric=SELECTION_METRIC, mode="max",
                         on_give_up=functools.partial(cell_failing, key), failed_key=DIVERGED)
     return tune.Tuner(
@@ -138,10 +140,11 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
     )
 
 
-def search_plan(cell: PlannedCell, n_startup: int) -> SearchPlan:
+def search_plan(cell: PlannedCell, n_startup: int, allow_repeats: bool = False) -> SearchPlan:
     """The router's view of a cell: its (possibly narrowed) space, budget and priors. Its draws
     are seeded from the cell and every run of its history, so a new experiment of a cell that has
-    history does not replay the draws of the one before (issue 13, defect 3)."""
+    history does not replay the draws of the one before (issue 13, defect 3); a configuration the
+    cell has tried is drawn again unless `allow_repeats` (grid `search.allow_repeats`)."""
     priors = cell.priors
     history = priors.history_runs if priors else ()
     return SearchPlan(
@@ -154,6 +157,7 @@ def search_plan(cell: PlannedCell, n_startup: int) -> SearchPlan:
         first_points=priors.first_points if priors else (),
         draw_seed=derive_seed(cell.seed, *history) if history else None,
         prior=priors.startup_prior if priors else None,
+        allow_repeats=allow_repeats,
     )
 
 

@@ -32,6 +32,9 @@ class SearchSettings(_Strict):
     n_startup: int = Field(5, ge=0, description="random trials per cell before TPE")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial from its checkpoint")
     seed: int = 0
+    allow_repeats: bool = Field(False, description=(
+        "a search trial may repeat a configuration the cell has tried (its history included); by default it is "
+        "drawn again: a repeat is a wasted trial unless you want seed-to-seed spread of one configuration"))
 
 
 class ResourceSpec(_Strict):

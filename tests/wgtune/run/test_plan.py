@@ -157,3 +157,15 @@ def test_the_masked_head_can_be_forced_on_purpose(tmp_path: Path) -> None:
     (tmp_path / "grid.yaml").write_text(ILC_GRID.replace("sampler: shuffle", "sampler: shuffle, options: "
                                                          "{threshold: 0.9, allow_masked_head: true}"))
     assert plan_cells(load_grid(tmp_path / "grid.yaml"))
+
+
+def test_the_grid_lets_a_cell_repeat_configurations_only_when_it_says_so(tmp_path: Path) -> None:
+    from wgtune.run.driver import RunSettings, search_plan
+
+    for line, allowed in (("", False), ("search: {num_samples: 4, allow_repeats: true}\n", True)):
+        text = GRID.replace("search: {num_samples: 4}\n", line or "search: {num_samples: 4}\n")
+        (tmp_path / "grid.yaml").write_text(text)
+        grid = load_grid(tmp_path / "grid.yaml")
+        settings = RunSettings.for_grid(grid, "x")
+        [planned] = plan_cells(grid)
+        assert search_plan(planned, settings.n_startup, settings.allow_repeats).allow_repeats is allowed

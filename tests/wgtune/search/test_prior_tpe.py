@@ -10,8 +10,8 @@ import pytest
 from hyperopt import STATUS_OK, Domain, Trials, fmin, tpe
 from hyperopt.base import JOB_STATE_DONE, trials_from_docs
 
-from wgtune.search.soft_prior import NeighbourTrials, SoftPrior, build_prior
 from wgtune.search.prior_tpe import suggest
+from wgtune.search.soft_prior import NeighbourTrials, SoftPrior, build_prior
 from wgtune.spec.spaces import load_space
 
 SPACE = load_space("erm", objective_defaults={})

@@ -492,6 +492,17 @@ def test_a_new_experiment_never_re_runs_a_configuration_its_history_holds() -> N
         again.on_trial_complete(f"l2-{i}", {"score": 1.0})
 
 
+def test_repeats_are_run_when_the_grid_allows_them() -> None:
+    """`search: {allow_repeats: true}`: the same seed then replays the first launch's draws, repeats and all."""
+    import dataclasses
+
+    first, launched = _launch_one(3)
+    plan = dataclasses.replace(_relaunch_plan(first, 3), allow_repeats=True)
+    again = _drain(CellRouter([plan], metric="score", mode="min"), 3)
+    tried = [(s["params"]["lr"], s["params"]["x"]) for s in launched]
+    assert any((s["params"]["lr"], s["params"]["x"]) in tried for s in again)
+
+
 def test_a_new_experiment_seeded_from_its_history_draws_anew_and_every_search_trial_trains_on_its_own_seed() -> None:
     """Guards issue 13, defect 3: the draw seed derives from the cell and the history it starts from,
     so launch 2's draws are not launch 1's shifted; and every search trial trains with its own seed
