@@ -111,9 +111,10 @@ class ILC(Objective):
             p.grad.mul_(1.0 / (1e-10 + fraction)).masked_fill_(~mask, 0.0)
             kept = kept + mask.sum()
         numel = sum(p.numel() for p in params)
-        summary = torch.stack([env_losses.detach().mean().float(), kept.float()])
-        loss_value, kept_value = summary.tolist()  # one device sync
-        return {"loss": loss_value, "mask_fraction": kept_value / numel, "envs_present": float(n_present)}
+        # 0-dim device tensors: the loop reads them back in bulk (trainables/meter.py), no sync per step.
+        # (`torch.unique` above still syncs once per step: the number of backward passes is data-dependent.)
+        return {"loss": env_losses.detach().mean().float(), "mask_fraction": kept.float() / numel,
+                "envs_present": float(n_present)}
 
     @classmethod
     def check_setting(cls, setting: Setting) -> None:
