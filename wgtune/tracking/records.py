@@ -38,6 +38,9 @@ PROPOSAL_TAG, PHASE_TAG, ATTEMPTS_TAG = tag("proposal"), tag("phase"), tag("atte
 """How a trial's configuration was proposed (`transfer`, `random`, `prior` (a start-up draw from a
 size-aware prior), `tpe`, `final`), its phase
 (`PHASE_SEARCH` or `PHASE_FINAL`), and how many attempts it took (retries from checkpoints)."""
+PROPOSAL_TRANSFER, PROPOSAL_PRIOR, PROPOSAL_RANDOM, PROPOSAL_TPE = "transfer", "prior", "random", "tpe"
+"""The values of `PROPOSAL_TAG` on a search trial: a neighbour's best config proposed first, a start-up draw
+from the size-aware prior, a random start-up draw, a TPE suggestion (a final trial's proposal is `PHASE_FINAL`)."""
 DIVERGED_TAG = tag("diverged")  # on a FAILED trial run whose loss diverged: a failed configuration, not a fault
 FAILING_TAG = tag("failing")  # on a cell run the last launch gave up on (too many failed trials)
 KIND_STUDY, KIND_CELL, KIND_TRIAL = "study", "cell", "trial"
