@@ -411,6 +411,8 @@ def _slices_figure(analysis: CellSearch) -> Figure:
     from optuna.visualization.matplotlib import plot_slice
 
     with _quiet():
+        # One trial gives a parameter equal x limits; matplotlib widens them and says so.
+        warnings.filterwarnings("ignore", "Attempting to set identical low and high xlims", UserWarning)
         study = _study(analysis.dims, analysis.points, log_values=False)
         axes = plot_slice(study, target_name=SELECTION_METRIC)
     fig = getattr(axes, "figure", None) or axes.flat[0].figure
