@@ -188,3 +188,54 @@ def test_files_for_a_study_and_matplotlib_style_left_as_it_was(tmp_path) -> None
     text = (tmp_path / "search" / "search.md").read_text()
     assert "| optimizer |" in text and "not enough trials" in text
     assert dict(matplotlib.rcParams) == before  # Optuna's ggplot style stays in its own figures
+
+
+GRID = """
+study: searched
+study_dir: study
+datasets: [spurious_digits]
+models: {resnet: [10x0.25]}
+objectives: [erm]
+epochs: 1
+final_seeds: 0
+"""
+
+
+@pytest.mark.slow  # a real MLflow store and the whole report: ~15 s
+def test_the_report_writes_and_logs_each_cells_search_analysis_from_mlflow(tmp_path) -> None:
+    """Trials written to a real MLflow store by the study's tracker; `wgtune report` reads them back as strings,
+    parses them against the grid's space and logs the analysis next to the other report files."""
+    from mlflow import MlflowClient
+
+    from wgtune.run.study import report
+    from wgtune.spec.grid import load_grid
+    from wgtune.tracking.records import CellRecord
+    from wgtune.tracking.tracker import StudyTracker
+
+    (tmp_path / "grid.yaml").write_text(GRID)
+    grid = load_grid(tmp_path / "grid.yaml")
+    [cell] = grid.cells()
+    uri = f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}"
+    rng = np.random.default_rng(5)
+    with StudyTracker(uri, "searched") as tracker:
+        tracker.cell_run(CellRecord.of(cell, 1_000))
+        for i in range(MIN_IMPORTANCE_TRIALS):
+            config = draw(rng)
+            handle = tracker.start_trial(cell.id, f"t{i}", config, PROPOSAL_RANDOM if i < 3 else PROPOSAL_TPE)
+            tracker.end_trial(handle, "FINISHED", summary={SELECTION_METRIC: EFFECTS["lr"](config)})
+
+    files = report(grid, tracking_uri=uri)
+    folder = tmp_path / "study" / "report" / "search"
+    [cell_dir] = [p for p in folder.iterdir() if p.is_dir()]
+    assert {folder / "search.md", cell_dir / "history.png", cell_dir / "importance.png",
+            cell_dir / "slices.png"} <= set(files)
+    text = (folder / "search.md").read_text()
+    assert "random 3, tpe 7" in text and "| lr |" in text and "Left out" not in text  # every logged value parsed
+
+    client = MlflowClient(uri)
+    [study_run] = client.search_runs([client.get_experiment_by_name("searched").experiment_id],
+                                     "tags.`wgtune.kind` = 'study'")
+    logged = {a.path for a in client.list_artifacts(study_run.info.run_id, "report/search")}
+    assert "report/search/search.md" in logged and f"report/search/{cell_dir.name}" in logged
+    inside = {a.path for a in client.list_artifacts(study_run.info.run_id, f"report/search/{cell_dir.name}")}
+    assert {f"report/search/{cell_dir.name}/{name}" for name in ("history.png", "importance.png", "slices.png")} <= inside
