@@ -202,9 +202,10 @@ final_seeds: 0
 
 
 @pytest.mark.slow  # a real MLflow store and the whole report: ~15 s
-def test_the_report_writes_and_logs_each_cells_search_analysis_from_mlflow(tmp_path) -> None:
+def test_the_report_writes_and_logs_each_cells_search_analysis_from_mlflow(tmp_path, monkeypatch) -> None:
     """Trials written to a real MLflow store by the study's tracker; `wgtune report` reads them back as strings,
     parses them against the grid's space and logs the analysis next to the other report files."""
+    monkeypatch.chdir(tmp_path)  # a sqlite store named alone keeps its artifacts in ./mlruns
     from mlflow import MlflowClient
 
     from wgtune.run.study import report
