@@ -408,6 +408,7 @@ def _importance_figure(analysis: CellSearch) -> Figure:
 
 def _slices_figure(analysis: CellSearch) -> Figure:
     """Optuna's slice plot: each searched parameter against the selection metric (colour: trial order)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     from optuna.visualization.matplotlib import plot_slice
 
     with _quiet():
@@ -416,6 +417,15 @@ def _slices_figure(analysis: CellSearch) -> Figure:
         study = _study(analysis.dims, analysis.points, log_values=False)
         axes = plot_slice(study, target_name=SELECTION_METRIC)
     fig = getattr(axes, "figure", None) or axes.flat[0].figure
+    for ax in fig.axes:
+        if ax.get_xscale() == "log":  # under a decade matplotlib labels every minor tick, on top of each other
+            low, high = ax.get_xlim()
+            decades = math.log10(high / low)
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0,), numticks=int(decades) + 2) if decades > 2
+                                       else LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}" if v < 1e-2 else f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(axis="x", labelrotation=45)
     fig.suptitle(f"{analysis.label}: slices")
     return fig
 
