@@ -239,4 +239,5 @@ def test_the_report_writes_and_logs_each_cells_search_analysis_from_mlflow(tmp_p
     logged = {a.path for a in client.list_artifacts(study_run.info.run_id, "report/search")}
     assert "report/search/search.md" in logged and f"report/search/{cell_dir.name}" in logged
     inside = {a.path for a in client.list_artifacts(study_run.info.run_id, f"report/search/{cell_dir.name}")}
-    assert {f"report/search/{cell_dir.name}/{name}" for name in ("history.png", "importance.png", "slices.png")} <= inside
+    figures = ("history.png", "importance.png", "slices.png")
+    assert {f"report/search/{cell_dir.name}/{name}" for name in figures} <= inside
