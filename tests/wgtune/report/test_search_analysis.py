@@ -241,3 +241,13 @@ def test_the_report_writes_and_logs_each_cells_search_analysis_from_mlflow(tmp_p
     inside = {a.path for a in client.list_artifacts(study_run.info.run_id, f"report/search/{cell_dir.name}")}
     figures = ("history.png", "importance.png", "slices.png")
     assert {f"report/search/{cell_dir.name}/{name}" for name in figures} <= inside
+
+
+def test_importing_the_analysis_pays_for_no_torch_optuna_or_matplotlib() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, wgtune.report.search_analysis\n"
+            "print(sorted(m for m in ('torch', 'ray', 'optuna', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]"
