@@ -333,6 +333,15 @@ def search_markdown(analyses: Sequence[CellSearch]) -> str:
         lines.append(f"| {a.label} | {len(complete)} | {len(a.history) - len(complete)} | {a.not_ended} | {best} | "
                      f"{', '.join(f'{k} {n}' for k, n in kinds.items()) or '–'} | {found} |")
     lines += ["", "## Hyperparameter importance", ""]
+    scored = [a for a in analyses if a.importance is not None]
+    if scored:  # one row per cell, so shares can be compared across sizes
+        names = sorted({name for a in scored for name, _ in a.importance.shares})  # type: ignore[union-attr]
+        lines += [f"| cell | {' | '.join(names)} | main effects explain |", f"|---{'|---' * (len(names) + 1)}|"]
+        for a in scored:
+            shares = dict(a.importance.shares)  # type: ignore[union-attr]
+            cells = [f"{100 * shares[n]:.0f}%" if n in shares else "–" for n in names]
+            lines.append(f"| {a.label} | {' | '.join(cells)} | {100 * a.importance.explained:.0f}% |")  # type: ignore
+        lines.append("")
     for a in analyses:
         lines += [f"### {a.label}", "", f"{a.note}.", ""]
         if a.importance is not None:

@@ -187,6 +187,10 @@ def test_files_for_a_study_and_matplotlib_style_left_as_it_was(tmp_path) -> None
     assert sum(p.name == "importance.png" for p in paths) == 1 and sum(p.name == "history.png" for p in paths) == 3
     text = (tmp_path / "search" / "search.md").read_text()
     assert "| optimizer |" in text and "not enough trials" in text
+    header = next(line for line in text.splitlines() if line.startswith("| cell | batch_size"))
+    row = next(line for line in text.splitlines() if line.startswith(f"| {LABEL} | ") and "%" in line)
+    share = dict(analyses[1].importance.shares)["optimizer"]
+    assert row.split(" | ")[header.split(" | ").index("optimizer")] == f"{100 * share:.0f}%"
     assert dict(matplotlib.rcParams) == before  # Optuna's ggplot style stays in its own figures
 
 
