@@ -345,9 +345,9 @@ def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTrack
 def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
            select: str | None = None) -> list[Path]:
     """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report, or
-    report-<rule> for another selection rule than the study's) and logged on the study-level run
-    "<study> · report"; under the study's rule each cell's summary is logged on its parent run too.
-    A partial study marks missing cells."""
+    report-<rule> for another selection rule than the study's) with each cell's search analysis in its
+    search/ folder, and logged on the study-level run "<study> · report"; under the study's rule each
+    cell's summary is logged on its parent run too. A partial study marks missing cells."""
     from wgtune.report.build import DEFAULT_RULE, SELECTION_RULES, build_report
     from wgtune.report.figures import write_figures
     from wgtune.report.tables import write_tables
@@ -367,7 +367,23 @@ def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
         folder.mkdir(parents=True, exist_ok=True)
         files = write_tables(built, folder) + write_figures(built, folder)
         tracker.log_study_files(f"{grid.spec.study} · report", files, name)
-    return files
+        searched = search_analysis(grid, tracker, folder)
+        for sub in sorted({f.parent for f in searched}):  # MLflow's artifact folders mirror the report's
+            tracker.log_study_files(f"{grid.spec.study} · report", [f for f in searched if f.parent == sub],
+                                    f"{name}/{sub.relative_to(folder).as_posix()}")
+    return files + searched
+
+
+def search_analysis(grid: Grid, tracker: StudyTracker, folder: Path) -> list[Path]:
+    """Each cell's search analysis (`report.search_analysis`: history, importance, slices) from MLflow,
+    its logged params read against the cell's search space as the grid builds it now; under `folder`/search."""
+    from wgtune.report.search_analysis import analyse_search, write_search_analysis
+
+    plans = plan_cells(grid)
+    labels = {cell_id: CellRecord.from_tags(tags).run_name for cell_id, tags in tracker.cell_tags().items()}
+    labels.update({p.cell.id: p.cell.label for p in plans})
+    analyses = analyse_search(tracker.trial_runs(), {p.cell.id: p.space for p in plans}, labels)
+    return write_search_analysis(analyses, folder)
 
 
 def log_cell_summaries(grid: Grid, tracker: StudyTracker, n_boot: int | None = None) -> StudyReport:

@@ -21,6 +21,7 @@ from hyperopt.utils import coarse_utcnow
 from wgtune.search import prior_tpe
 from wgtune.search.budget import CellBudget
 from wgtune.spec.grid import derive_seed
+from wgtune.tracking.records import PROPOSAL_PRIOR, PROPOSAL_RANDOM, PROPOSAL_TPE, PROPOSAL_TRANSFER
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -179,11 +180,12 @@ class CellSearch:
         [tid] = self.trials.new_trial_ids(1)
         transfer = [p for p in self.plan.first_points if _vals_key(_as_vals(p)) not in self.seen]
         if transfer:
-            doc, proposal = self._doc(tid, transfer[0]), "transfer"
+            doc, proposal = self._doc(tid, transfer[0]), PROPOSAL_TRANSFER
         else:
             # Same rule tpe.suggest applies: it falls back to rand.suggest below n_startup docs.
             startup_draw = len(self.trials.trials) < self.plan.n_startup
-            proposal = "tpe" if not startup_draw else "random" if self.plan.prior is None else "prior"
+            startup_kind = PROPOSAL_RANDOM if self.plan.prior is None else PROPOSAL_PRIOR
+            proposal = startup_kind if startup_draw else PROPOSAL_TPE
             for _ in range(_REDRAWS):
                 seed = int(self.rng.integers(2**31 - 1))
                 [doc] = self.algo([tid], self.domain, self.trials, seed)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from wgtune.search.soft_prior import NeighbourTrials, SoftPrior, build_prior
 from wgtune.spec.spaces import SearchSpace, SpaceError
-from wgtune.tracking.records import logged_config, settings_mismatch
+from wgtune.tracking.records import logged_config, parse_params, settings_mismatch
 
 if TYPE_CHECKING:
     from wgtune.spec.grid import Cell
@@ -233,27 +233,6 @@ def _compatible(obs: Observation, expected: Mapping[str, str] | None, free: froz
     if reason:
         skips.add(obs.run_id, f"{whose}trained under other settings: {reason}")
     return reason is None
-
-
-def parse_params(space: SearchSpace, logged: Mapping[str, str]) -> dict[str, Any]:
-    """MLflow's string params back to the typed values of the space's searched dimensions (a value
-    the run did not search is read from its logged config)."""
-    values: dict[str, Any] = {}
-    config = logged_config(logged) or {}
-    for dim in space.searched():
-        # A dim fixed when the run trained and searched now has its value in the run's config.
-        text = logged.get(dim.name, config.get(dim.name if dim.target == "config" else f"{dim.target}.{dim.name}"))
-        if text is None:
-            raise SpaceError(f"no value logged for {dim.name!r}")
-        if dim.kind == "choice":
-            matches = [option for option in dim.args if str(option) == text]
-            if not matches:
-                raise SpaceError(f"{dim.name}={text} is not one of the choices {list(dim.args)}")
-            values[dim.name] = matches[0]
-        else:
-            number = float(text)
-            values[dim.name] = int(number) if dim.integer else number
-    return values
 
 
 def _observations(

@@ -12,12 +12,14 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Mapping
 
 from wgtune.spec.grid import cell_label
+from wgtune.spec.spaces import SpaceError
 from wgtune.tracking.store import redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from wgtune.spec.grid import Cell
+    from wgtune.spec.spaces import SearchSpace
 
 _log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ PROPOSAL_TAG, PHASE_TAG, ATTEMPTS_TAG = tag("proposal"), tag("phase"), tag("atte
 """How a trial's configuration was proposed (`transfer`, `random`, `prior` (a start-up draw from a
 size-aware prior), `tpe`, `final`), its phase
 (`PHASE_SEARCH` or `PHASE_FINAL`), and how many attempts it took (retries from checkpoints)."""
+PROPOSAL_TRANSFER, PROPOSAL_PRIOR, PROPOSAL_RANDOM, PROPOSAL_TPE = "transfer", "prior", "random", "tpe"
+"""The values of `PROPOSAL_TAG` on a search trial: a neighbour's best config proposed first, a start-up draw
+from the size-aware prior, a random start-up draw, a TPE suggestion (a final trial's proposal is `PHASE_FINAL`)."""
 DIVERGED_TAG = tag("diverged")  # on a FAILED trial run whose loss diverged: a failed configuration, not a fault
 FAILING_TAG = tag("failing")  # on a cell run the last launch gave up on (too many failed trials)
 KIND_STUDY, KIND_CELL, KIND_TRIAL = "study", "cell", "trial"
@@ -262,6 +267,28 @@ def logged_config(params: Mapping[str, str]) -> dict[str, str] | None:
     run from before configs were logged."""
     found = {k[len(CONFIG_PREFIX):]: v for k, v in params.items() if k.startswith(CONFIG_PREFIX)}
     return found or None
+
+
+def parse_params(space: SearchSpace, logged: Mapping[str, str]) -> dict[str, Any]:
+    """MLflow's string params back to the typed values of the space's searched dimensions (a value
+    the run did not search is read from its logged config). Read by the search (priors) and the report
+    (search analysis), so a logged value means the same to both."""
+    values: dict[str, Any] = {}
+    config = logged_config(logged) or {}
+    for dim in space.searched():
+        # A dim fixed when the run trained and searched now has its value in the run's config.
+        text = logged.get(dim.name, config.get(dim.name if dim.target == "config" else f"{dim.target}.{dim.name}"))
+        if text is None:
+            raise SpaceError(f"no value logged for {dim.name!r}")
+        if dim.kind == "choice":
+            matches = [option for option in dim.args if str(option) == text]
+            if not matches:
+                raise SpaceError(f"{dim.name}={text} is not one of the choices {list(dim.args)}")
+            values[dim.name] = matches[0]
+        else:
+            number = float(text)
+            values[dim.name] = int(number) if dim.integer else number
+    return values
 
 
 @functools.lru_cache(maxsize=1)
