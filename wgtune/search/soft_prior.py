@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from wgtune.search.dimension_scale import from_own, own, own_bounds, real, span
 from wgtune.search.size_prior import (
     LEVEL,
     TOP_K,
@@ -51,6 +52,7 @@ from wgtune.search.size_prior import (
     rank_weights,
     same_option,
 )
+from wgtune.spec.spaces import LOG_KINDS, QUANTIZED_KINDS
 
 if TYPE_CHECKING:
     from wgtune.spec.spaces import Dimension, SearchSpace
@@ -71,8 +73,6 @@ EDGE = 0.1
 MAX_COMBINATIONS = 64
 """Most combinations of choice options the bands are conditioned on; beyond, one band per dimension."""
 
-_LOG = ("loguniform", "qloguniform")
-_Q = ("quniform", "qloguniform")
 _TOL = 1e-9
 
 
@@ -237,7 +237,7 @@ class SoftPrior:
         for d in self.space.searched():
             band = None if d.kind == "choice" else self.band_for(d.name, params)
             if band is not None:
-                value = _own(d, params[d.name])
+                value = own(d, params[d.name])
                 tol = _TOL * max(1.0, abs(band.low), abs(band.high))
                 if not band.low - tol <= value <= band.high + tol:
                     return False
@@ -251,8 +251,8 @@ class SoftPrior:
             "skipped": [{"neighbour": who, "reason": why} for who, why in self.skipped],
             "outside": self.outside,
             "bands": [{"name": b.name, "under": {c: o for c, o in b.combination},
-                       "low": _real(dims[b.name], b.low), "high": _real(dims[b.name], b.high),
-                       "centre": _real(dims[b.name], b.centre), "widened_at_edge": b.widened} for b in self.bands],
+                       "low": real(dims[b.name], b.low), "high": real(dims[b.name], b.high),
+                       "centre": real(dims[b.name], b.centre), "widened_at_edge": b.widened} for b in self.bands],
             "choices": {c.name: dict(zip(map(str, dims[c.name].args), c.weights)) for c in self.choices},
             "fit": self.fit.describe() if self.fit is not None else None,
         }
@@ -305,7 +305,7 @@ def build_prior(
     choice_dims = [d for d in searched if d.kind == "choice"]
     if math.prod(len(d.args) for d in choice_dims) > MAX_COMBINATIONS:
         choice_dims = []  # too many combinations to condition on: one band per dimension
-    ranges = {d.name: _range(d) for d in numeric}
+    ranges = {d.name: span(d) for d in numeric}
     sizes = [_size_trials(n, numeric, choice_dims) for n in kept]
     fit = fit_sizes(sizes, target_n_params, [d.name for d in numeric], top_k=top_k, level=level,
                     min_sd={name: MIN_SD * r for name, r in ranges.items()})
@@ -326,51 +326,13 @@ def build_prior(
             half = max(f.z * sd + margin * ranges[d.name], MIN_HALF_WIDTH * ranges[d.name])
             anchors = [_anchor(f, size, d.name, dict(combination), target) for size in sizes]
             if own_best is not None and d.name in own_best and _matches(combination, own_best):
-                anchors.append(_own(d, own_best[d.name]))
+                anchors.append(own(d, own_best[d.name]))
             bands.append(_band(d, combination, centre, half, [a for a in anchors if math.isfinite(a)]))
     choices = [ChoiceWeights(d.name, _choice_weights(d, kept, top_k, outside)) for d in searched if d.kind == "choice"]
     by_distance = sorted(zip(kept, sizes), key=lambda pair: abs(math.log(pair[0].n_params) - target))
     transferred = _transferred(space, fit, [s for _, s in by_distance], [n for n, _ in by_distance], target)
     return SoftPrior(space, tuple(bands), tuple(choices), outside, fit, tuple(n.label for n in kept), tuple(skipped),
                      transferred)
-
-
-# -- scales ------------------------------------------------------------------------------------
-
-def _own(d: Dimension, value: Any) -> float:
-    """A value in the dimension's own scale: the natural log for log-scale dims."""
-    x = float(value)
-    return math.log(x) if d.kind in _LOG else x
-
-
-def _real(d: Dimension, own: float) -> float:
-    return math.exp(own) if d.kind in _LOG else own
-
-
-def _own_bounds(d: Dimension) -> tuple[float, float]:
-    """What the original distribution spans in own scale; a normal's mu ± 2 sigma (as `SearchSpace.narrow`)."""
-    if d.kind == "normal":
-        return d.args[0] - 2 * d.args[1], d.args[0] + 2 * d.args[1]
-    return _own(d, d.args[0]), _own(d, d.args[1])
-
-
-def _range(d: Dimension) -> float:
-    lo, hi = _own_bounds(d)
-    return hi - lo
-
-
-def _from_own(d: Dimension, own: float) -> Any:
-    """A plain value of the dimension nearest `own`: quantized as hyperopt rounds, inside the bounds."""
-    x = _real(d, own)
-    if d.kind == "normal":
-        return float(x)
-    low, high = d.args[0], d.args[1]
-    if d.kind in _Q:
-        q = d.args[2]
-        lo_q, hi_q = round(low / q) * q, round(high / q) * q
-        x = min(max(round(x / q) * q, lo_q), hi_q)
-        return int(round(x)) if d.integer else float(x)
-    return float(min(max(x, low), high))
 
 
 def _matches(combination: Sequence[tuple[str, Any]], params: Mapping[str, Any]) -> bool:
@@ -401,8 +363,8 @@ def _size_trials(n: NeighbourTrials, numeric: Sequence[Dimension], choice_dims: 
         for d in numeric:
             value = params.get(d.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                    and (value > 0 or d.kind not in _LOG):
-                point[d.name] = _own(d, value)
+                    and (value > 0 or d.kind not in LOG_KINDS):
+                point[d.name] = own(d, value)
         points.append(point)
         scores.append(float(score))
         options.append({d.name: params[d.name] for d in choice_dims if d.name in params})
@@ -422,7 +384,7 @@ def _transferred(space: SearchSpace, fit: SizeFit, sizes: Sequence[SizeTrials],
             # Moved only along a slope the data pin (|slope| >= 2 se): a noisy slope would move a
             # configuration that worked, e.g. over the divergence cliff above the best lr.
             if d.kind != "choice" and f is not None and d.name in params and abs(f.slope) >= 2 * f.slope_se:
-                params[d.name] = _from_own(d, _own(d, params[d.name]) + f.slope * (target - math.log(size.n_params)))
+                params[d.name] = from_own(d, own(d, params[d.name]) + f.slope * (target - math.log(size.n_params)))
         params = {d.name: params[d.name] for d in space.searched() if d.name in params}
         if space.contains(params) is None and params not in out:
             out.append(params)
@@ -445,7 +407,7 @@ def _anchor(f: DimensionFit, size: SizeTrials, name: str, combination: Mapping[s
 def _band(d: Dimension, combination: tuple[tuple[str, Any], ...], centre: float, half: float,
           anchors: Sequence[float]) -> Band:
     """centre ± half inside the original bounds, widened toward an anchor at (or past) an edge."""
-    lo0, hi0 = _own_bounds(d) if d.kind != "normal" else (-math.inf, math.inf)
+    lo0, hi0 = own_bounds(d) if d.kind != "normal" else (-math.inf, math.inf)
     width = min(2 * half, hi0 - lo0)
     low = min(max(centre - half, lo0), hi0 - width)  # a centre beyond a bound: the band sits at that bound
     high = low + width if centre - half < lo0 or centre + half > hi0 else centre + half
@@ -456,7 +418,7 @@ def _band(d: Dimension, combination: tuple[tuple[str, Any], ...], centre: float,
             high, widened = min(a + half, hi0), True
         if a < low + edge and low > lo0:
             low, widened = max(a - half, lo0), True
-    if d.kind in _Q:
+    if d.kind in QUANTIZED_KINDS:
         low, high = _snap(d, low, high)
     return Band(d.name, combination, low, high, centre, widened)
 
@@ -464,18 +426,18 @@ def _band(d: Dimension, combination: tuple[tuple[str, Any], ...], centre: float,
 def _snap(d: Dimension, low: float, high: float) -> tuple[float, float]:
     """Own-scale band bounds at multiples of q, outward, inside the original's, at least one q apart."""
     q = d.args[2]
-    lo_q = max(round(d.args[0] / q), 1 if d.kind in _LOG else -math.inf) * q
+    lo_q = max(round(d.args[0] / q), 1 if d.kind in LOG_KINDS else -math.inf) * q
     hi_q = round(d.args[1] / q) * q
-    a = max(math.floor(_real(d, low) / q) * q, lo_q)
-    b = min(math.ceil(_real(d, high) / q) * q, hi_q)
+    a = max(math.floor(real(d, low) / q) * q, lo_q)
+    b = min(math.ceil(real(d, high) / q) * q, hi_q)
     if b - a < q:
         a, b = (a, a + q) if a + q <= hi_q else (b - q, b)
-    return _own(d, a), _own(d, b)
+    return own(d, a), own(d, b)
 
 
 def _hyperopt_args(d: Dimension) -> tuple:
     """The dimension's arguments as hyperopt takes them: log-scale bounds as logs (as `to_hyperopt`)."""
-    if d.kind in _LOG:
+    if d.kind in LOG_KINDS:
         return (math.log(d.args[0]), math.log(d.args[1]), *d.args[2:])
     return tuple(d.args)
 

@@ -39,8 +39,8 @@ _ARITY: dict[str, tuple[str, ...]] = {
     "uniform": ("low", "high"), "loguniform": ("low", "high"), "quniform": ("low", "high", "q"),
     "qloguniform": ("low", "high", "q"), "normal": ("mu", "sigma"), "choice": ("options...",),
 }
-_LOG = ("loguniform", "qloguniform")
-_Q = ("quniform", "qloguniform")
+LOG_KINDS = ("loguniform", "qloguniform")
+QUANTIZED_KINDS = ("quniform", "qloguniform")
 _TOL = 1e-9  # relative: hyperopt's log-scale values are exp(log(x)), an ulp or so off the bounds
 
 
@@ -64,7 +64,7 @@ class Dimension:
     @property
     def integer(self) -> bool:
         """True for quantized dimensions with integer bounds and q: they yield Python ints."""
-        return self.kind in _Q and all(isinstance(a, numbers.Integral) for a in self.args)
+        return self.kind in QUANTIZED_KINDS and all(isinstance(a, numbers.Integral) for a in self.args)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class SearchSpace:
             if d.kind == "choice":
                 expr = hp.choice(d.name, list(d.args))
             else:  # hp.<kind>(label, a, b[, q]); hyperopt takes log-scale bounds as logs
-                a, b = (math.log(d.args[0]), math.log(d.args[1])) if d.kind in _LOG else d.args[:2]
+                a, b = (math.log(d.args[0]), math.log(d.args[1])) if d.kind in LOG_KINDS else d.args[:2]
                 expr = getattr(hp, d.kind)(d.name, a, b, *d.args[2:])
             # scope.int changes only what the objective receives; misc.vals keep hyperopt's float.
             space[d.name] = scope.int(expr) if d.integer else expr
@@ -142,7 +142,7 @@ class SearchSpace:
             if d.kind == "choice":
                 vals[d.name] = next(i for i, o in enumerate(d.args) if _same(o, value))
             else:
-                vals[d.name] = float(round(value / d.args[2]) * d.args[2] if d.kind in _Q else value)
+                vals[d.name] = float(round(value / d.args[2]) * d.args[2] if d.kind in QUANTIZED_KINDS else value)
         return vals
 
     def decode(self, vals: Mapping[str, Any]) -> dict[str, Any]:
@@ -377,9 +377,9 @@ def _parse_args(where: str, kind: str, args: Any) -> tuple:
     low, high = values[:2]
     if low >= high:
         raise SpaceError(f"{where}: {kind} needs low < high, got low={low}, high={high}")
-    if kind in _LOG and low <= 0:
+    if kind in LOG_KINDS and low <= 0:
         raise SpaceError(f"{where}: {kind} is log scale and needs bounds > 0, got low={low} (uniform takes 0)")
-    if kind in _Q and values[2] <= 0:
+    if kind in QUANTIZED_KINDS and values[2] <= 0:
         raise SpaceError(f"{where}: {kind} needs q > 0, got {values[2]}")
     if kind == "qloguniform" and round(low / values[2]) < 1:  # log(0) would break TPE's density over this dim
         raise SpaceError(f"{where}: qloguniform low={low} rounds to 0 with q={values[2]}; make low >= q")
@@ -420,7 +420,7 @@ def _dim_reason(d: Dimension, value: Any) -> str | None:
     if d.kind == "normal":
         return None
     low, high = d.args[:2]
-    if d.kind in _Q:
+    if d.kind in QUANTIZED_KINDS:
         q, steps = d.args[2], value / d.args[2]
         if abs(steps - round(steps)) > _TOL * max(1.0, abs(steps)):
             return f"{d.name}: {value!r} is not a multiple of q={q}"
@@ -440,7 +440,7 @@ def _narrow_dim(d: Dimension, values: list[Any], margin: float, keep: Sequence[A
         lo0, hi0, kind, span = -math.inf, math.inf, "uniform", 4 * d.args[1]
     else:
         lo0, hi0, kind = d.args[0], d.args[1], d.kind
-    f, g = (math.log, math.exp) if kind in _LOG else (float, float)
+    f, g = (math.log, math.exp) if kind in LOG_KINDS else (float, float)
     if d.kind != "normal":
         span = f(hi0) - f(lo0)
     low, high = f(vmin) - margin * span, f(vmax) + margin * span
@@ -453,7 +453,7 @@ def _narrow_dim(d: Dimension, values: list[Any], margin: float, keep: Sequence[A
         low, high = (f(hi0) - MIN_BOX * span, f(hi0)) if high > f(hi0) else (low, high)
     low, high = max(lo0, g(low)), min(hi0, g(high))
     low, high = min(low, vmin, *keep), max(high, vmax, *keep)  # exp(log(x)) may miss x by an ulp
-    if kind in _Q:
+    if kind in QUANTIZED_KINDS:
         q = d.args[2]
         low, high = max(lo0, math.floor(low / q) * q), min(hi0, math.ceil(high / q) * q)
         if low >= high:  # the range holds one multiple of q here: take the next one too
