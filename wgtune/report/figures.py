@@ -170,7 +170,7 @@ def _search_curves(report: StudyReport) -> Figure:
 def _error_vs_compute(report: StudyReport) -> Figure:
     """Test worst-group error vs each cell's total compute (search and final seeds), one line per objective."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     lines = compute_lines(report.rows)
     datasets = sorted({line.dataset for line in lines})
@@ -193,8 +193,12 @@ def _error_vs_compute(report: StudyReport) -> Figure:
                 ax.annotate(p.model, (p.hours, p.error), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
         units = sorted({p.device for line in of for p in line.points})
         ax.set_xscale("log")
+        hours = [p.hours for line in of for p in line.points]
+        span = max(hours) / min(hours)  # label every 1..9 within a decade, 1-2-5 within two, decades beyond
+        ax.xaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10)) if span <= 10 else (1.0, 2.0, 5.0)
+                                              if span <= 100 else (1.0,)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"total compute, search + final seeds ({', '.join(device_unit(u) for u in units)})")
         ax.set_ylabel("test worst-group error")
         ax.set_title(dataset)
