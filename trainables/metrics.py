@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-TRAIN, VAL, TEST, BEST = "train", "val", "test", "best"
-"""Prefixes: training statistics, the two evaluated splits, and the model-selected (best-epoch) values."""
+TRAIN, VAL, TEST, BEST, COST = "train", "val", "test", "best", "cost"
+"""Prefixes: training statistics, the two evaluated splits, the model-selected (best-epoch) values, and what the
+trial has cost (reported by whoever knows the resources it holds: the study's driver)."""
 AVG_ACC, WORST_ACC, WEIGHTED_ACC = "avg_acc", "worst_acc", "weighted_acc"
 ACC, LOSS = "acc", "loss"
 EPOCH, LR = "epoch", "lr"
-REPORTED_PREFIXES = tuple(f"{prefix}/" for prefix in (TRAIN, VAL, TEST, BEST))
+REPORTED_PREFIXES = tuple(f"{prefix}/" for prefix in (TRAIN, VAL, TEST, BEST, COST))
 BEST_PREFIX = f"{BEST}/"
 """Every per-epoch metric a trial reports starts with one of these (or is `epoch` / `lr`)."""
 
@@ -57,7 +58,19 @@ CHECKPOINT_SECONDS = metric_key(TRAIN, "checkpoint_s")
 """Wall seconds the epoch's checkpoint took to write (part of the cost of resumable trials)."""
 DATA_WAIT_FRACTION = metric_key(TRAIN, "data_wait_fraction")
 """The share of the epoch's wall time spent waiting for the next batch (the data path keeping up, or not)."""
-TIMINGS = (IMAGES_PER_S, CHECKPOINT_SECONDS, DATA_WAIT_FRACTION)
+IMAGES_SEEN = metric_key(TRAIN, "images_seen")
+"""Training images processed so far (each forward-backward pass counts once), over every epoch since the trial
+began, across resumes (carried in the checkpoint). The same for identical runs, so not a timing."""
+ELAPSED_SECONDS = metric_key(TRAIN, "elapsed_s")
+"""Wall seconds the trial has run so far: set-up (data, model), training, evaluation and checkpoints, over every
+attempt its checkpoints carry (a resumed attempt adds its own time, set-up included, to its checkpoint's)."""
+DEVICE_SECONDS = metric_key(COST, "device_s")
+"""`ELAPSED_SECONDS` times the devices the trial holds: GPU-seconds when it holds GPUs (a fraction of one when it
+shares), else CPU-core-seconds. Reported by the study's driver, which knows the trial's resources; which of the
+two it counts is a tag on the trial's run (`wgtune.tracking.records.DEVICE_TAG`)."""
+COST_METRICS = (ELAPSED_SECONDS, IMAGES_SEEN, DEVICE_SECONDS)
+"""What a trial has spent so far: also reported when it ends without an epoch (a diverged loss), since it was spent."""
+TIMINGS = (IMAGES_PER_S, CHECKPOINT_SECONDS, DATA_WAIT_FRACTION, ELAPSED_SECONDS, DEVICE_SECONDS)
 """Metrics that measure the machine, not the training: they differ between identical runs."""
 
 

@@ -32,8 +32,10 @@ from trainables.metrics import (
     BEST_EPOCH,
     CHECKPOINT_SECONDS,
     DATA_WAIT_FRACTION,
+    ELAPSED_SECONDS,
     EPOCH,
     IMAGES_PER_S,
+    IMAGES_SEEN,
     LR,
     SELECTED,
     SELECTION_METRIC,
@@ -61,7 +63,14 @@ EVAL_BATCH = 512
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite; the trial cannot continue."""
+    """The training loss became NaN or infinite; the trial cannot continue.
+
+    `metrics` holds what the trial had spent when it diverged (`ELAPSED_SECONDS`, `IMAGES_SEEN`, the diverged
+    epoch's steps included), for whoever accounts for its compute: no epoch report carries that epoch's time."""
+
+    def __init__(self, message: str, metrics: Mapping[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.metrics: dict[str, float] = dict(metrics or {})
 
 
 def train(
@@ -76,7 +85,10 @@ def train(
     Returns the last epoch's metrics, which include the best epoch's (`best/*`): the model is
     selected by validation worst-group accuracy, and test metrics are those of that epoch.
     `test/*` metrics are in an epoch's report when test was evaluated then (see `eval_test`).
+    Every report carries the trial's cumulative cost so far (`IMAGES_SEEN`, `ELAPSED_SECONDS`), carried across
+    resumes in the checkpoint.
     """
+    started = time.perf_counter()  # this attempt's set-up (data, model) is part of what the trial costs
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_mapping(config)
     cfg = TrialConfig.from_mapping(resolve_config(cfg.as_dict()))  # environments, sampler: never None below
     run = _Run.build(cfg)
@@ -84,9 +96,15 @@ def train(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is not None:
         run.load(Path(resume_from) / CHECKPOINT_FILE)
+    carried = run.elapsed_s  # what the attempts before this one spent, as far as its checkpoint knows
     metrics: dict[str, float] = dict(run.best)
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
-        metrics = run.train_epoch(epoch)
+        try:
+            metrics = run.train_epoch(epoch)
+        except DivergedError as diverged:
+            run.elapsed_s = carried + time.perf_counter() - started
+            diverged.metrics.update(run.spent())
+            raise
         for name, split in ((VAL, run.data.val), (TEST, run.data.test)):
             if name == TEST and not (cfg.eval_test == "every" or run.improves(metrics)):
                 continue  # eval_test: best: test only where model selection may report it
@@ -96,6 +114,10 @@ def train(
         run.update_best(epoch, metrics)
         metrics.update(run.best)
         run.epoch = epoch
+        # Measured before the save so that the checkpoint holds what this report says; the save's own time
+        # is in the next epoch's (or, after a crash, lost with the rest of the attempt's time since then).
+        run.elapsed_s = carried + time.perf_counter() - started
+        metrics.update(run.spent())
         saving = time.perf_counter()
         run.save(checkpoint_dir / CHECKPOINT_FILE)
         metrics[CHECKPOINT_SECONDS] = time.perf_counter() - saving
@@ -135,6 +157,10 @@ class _Run:
     train_proportions: torch.Tensor
     epoch: int = 0
     best: dict[str, float] | None = None
+    images_seen: int = 0
+    """Training images processed since the trial began (every epoch, every attempt its checkpoints carry)."""
+    elapsed_s: float = 0.0
+    """Wall seconds the trial had run at its last report (see `metrics.ELAPSED_SECONDS`)."""
     precision: Precision = Precision()
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
@@ -200,6 +226,7 @@ class _Run:
             self.scaler.update()
             self.scheduler.step()
             images += len(y)
+            self.images_seen += len(y)  # per step, so that a diverged epoch's images are counted too
         means = meter.finish()
         seconds = time.perf_counter() - start
         metrics = {metric_key(TRAIN, key): value for key, value in means.items()}
@@ -233,6 +260,10 @@ class _Run:
         self.best = {BEST_EPOCH: float(epoch),
                      **{best_key(split, name): metrics[metric_key(split, name)] for split, name in SELECTED}}
 
+    def spent(self) -> dict[str, float]:
+        """What the trial has cost so far, as reported metrics."""
+        return {IMAGES_SEEN: float(self.images_seen), ELAPSED_SECONDS: self.elapsed_s}
+
     def save(self, path: Path) -> None:
         state = {
             "config": self.cfg.as_dict(),
@@ -244,6 +275,8 @@ class _Run:
             "scaler": self.scaler.state_dict(),
             "objective": self.objective.state_dict(),
             "rng": torch.get_rng_state(),
+            "images_seen": self.images_seen,
+            "elapsed_s": self.elapsed_s,
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -264,6 +297,8 @@ class _Run:
         self.objective.load_state_dict(state["objective"])
         torch.set_rng_state(state["rng"].cpu())
         self.epoch, self.best = int(state["epoch"]), dict(state["best"])
+        # A checkpoint from before costs were counted: what it spent is unknown, counted from here on.
+        self.images_seen, self.elapsed_s = int(state.get("images_seen", 0)), float(state.get("elapsed_s", 0.0))
 
     def _batches(
         self, split: GroupSplit, batch_size: int, order: torch.Tensor | None

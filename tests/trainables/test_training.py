@@ -14,7 +14,7 @@ from tests.trainables.wilds_layouts import make_waterbirds, textured
 from trainables.config import TrialConfig
 from trainables.datasets import load_dataset
 from trainables.datasets.cache import CACHE_DIR_ENV
-from trainables.metrics import CHECKPOINT_SECONDS, IMAGES_PER_S, TIMINGS
+from trainables.metrics import CHECKPOINT_SECONDS, ELAPSED_SECONDS, IMAGES_PER_S, IMAGES_SEEN, TIMINGS
 from trainables.models import create_model, resolve
 from trainables.objectives import OBJECTIVES
 from trainables.sampling import SAMPLERS
@@ -113,6 +113,32 @@ def test_resuming_from_a_checkpoint_continues_exactly_where_it_stopped(sampler, 
     assert [strip(r) for r in resumed] == [strip(r) for r in straight[1:]]
 
 
+def test_images_seen_count_every_trained_image_and_carry_across_a_resume(tmp_path):
+    config = {**TINY, "epochs": 3, "batch_size": 83}  # 1079 = 13 x 83: every image trains each epoch
+    straight, _, _ = run(config, tmp_path / "straight")
+
+    assert [r[IMAGES_SEEN] for r in straight] == [1079.0, 2158.0, 3237.0]
+    seconds = [r[ELAPSED_SECONDS] for r in straight]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics: dict, checkpoint_dir: Path) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(config, stop_after_first, workdir=tmp_path / "interrupted")
+    checkpoint = torch.load(tmp_path / "interrupted" / "checkpoint" / CHECKPOINT_FILE, weights_only=True)
+    resumed, _, _ = run(config, tmp_path / "resumed", resume_from=tmp_path / "interrupted" / "checkpoint")
+
+    # The resumed attempt continues both counts from its checkpoint: the trial's cost, not the attempt's.
+    assert [r[IMAGES_SEEN] for r in resumed] == [2158.0, 3237.0]
+    assert checkpoint["images_seen"] == 1079 and checkpoint["elapsed_s"] > 0
+    assert resumed[0][ELAPSED_SECONDS] > checkpoint["elapsed_s"]
+    assert resumed[1][ELAPSED_SECONDS] > resumed[0][ELAPSED_SECONDS]
+
+
 def test_a_checkpoint_of_another_sampler_is_refused(tmp_path):
     run({**TINY, "epochs": 1}, tmp_path / "a")
 
@@ -164,6 +190,16 @@ def test_a_diverging_loss_ends_the_trial_with_a_clear_error(tmp_path):
               workdir=tmp_path)
     # Caught before the epoch's checkpoint and report, though the check reads back in bulk.
     assert reports == [] and not (tmp_path / "checkpoint" / CHECKPOINT_FILE).exists()
+
+
+def test_a_diverged_trial_says_what_it_spent_though_no_epoch_reported_it(tmp_path):
+    with pytest.raises(DivergedError) as raised:
+        train({**TINY, "lr": 1e12, "momentum": 0.0, "schedule": "constant"}, workdir=tmp_path)
+
+    # Its steps up to the bulk check ran (images counted per step, at most one epoch), and its wall time.
+    spent = raised.value.metrics
+    assert 0 < spent[IMAGES_SEEN] <= 1079
+    assert spent[ELAPSED_SECONDS] > 0
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES.names())

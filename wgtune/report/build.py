@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, BEST_VAL_AVG, SELECTION_METRIC
+from wgtune.report.compute import CellCost, cell_cost
 from wgtune.report.fit import FIT_SCALE, SIGMA_FLOOR, FitError, LogSlope, PowerLaw, fit_log_slope, fit_power_law
 from wgtune.report.noise import CellSamples, TuningNoise, tuning_noise
 from wgtune.report.scaling import CurvePoint, Series, SeriesFit, fit_series, group_series
 from wgtune.report.stats import Estimate, estimate, interval_text
 from wgtune.tracking.records import (
     CELL_BEST_VAL_WORST,
+    CELL_DEVICE_HOURS,
     CELL_FAILED_SEEDS,
     CELL_FINAL_SEEDS,
     CELL_TEST_WORST_HIGH,
@@ -101,6 +103,8 @@ class ReportRow:
     tuning: TuningNoise | None = None
     samples: CellSamples = CellSamples()
     notes: tuple[str, ...] = ()
+    cost: CellCost = CellCost()
+    """What every trial run of the cell cost, its search included (`compute.cell_cost`)."""
 
     @property
     def test_adjusted(self) -> Estimate | None:
@@ -172,10 +176,12 @@ def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], exp
 
 def cell_metrics(row: ReportRow) -> dict[str, float]:
     """The cell's summary as its parent run logs it (`records.CELL_METRICS`): best validation worst-group,
-    test worst-group mean and interval (final seeds, else the chosen search trial), trials spent, seeds."""
+    test worst-group mean and interval (final seeds, else the chosen search trial), trials spent, seeds, and its
+    compute in device-hours, search included (absent where no trial logged one)."""
     values: dict[str, float | None] = {
         CELL_BEST_VAL_WORST: row.chosen_val_worst, CELL_TRIALS_SPENT: row.trials_spent,
-        CELL_FINAL_SEEDS: row.n_seeds, CELL_FAILED_SEEDS: row.n_failed}
+        CELL_FINAL_SEEDS: row.n_seeds, CELL_FAILED_SEEDS: row.n_failed,
+        CELL_DEVICE_HOURS: row.cost.total_hours if row.cost.recorded else None}
     if row.test_worst is not None:
         values.update({CELL_TEST_WORST_MEAN: row.test_worst.mean, CELL_TEST_WORST_LOW: row.test_worst.low,
                        CELL_TEST_WORST_HIGH: row.test_worst.high})
@@ -198,7 +204,7 @@ def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float, metric:
         cell_id=cell.cell_id, dataset=cell.dataset, model=cell.model, family=cell.family, size=cell.size,
         objective=cell.objective, pretrained=cell.pretrained, n_params=cell.n_params,
         trials_spent=sum(t.status in ("FINISHED", "FAILED") for t in search), samples=samples,
-        tuning=tuning_noise(samples), n_failed=len(diverged))
+        tuning=tuning_noise(samples), n_failed=len(diverged), cost=cell_cost(trials))
     if chosen is not None:
         # The searched values; the whole resolved config (`config.*` params) stays on the run in MLflow.
         searched = {k: v for k, v in chosen.params.items() if not k.startswith(CONFIG_PREFIX)}

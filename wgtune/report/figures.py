@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from wgtune.report.build import FIT_SCALE, SEARCH_ONLY, Estimate, Series, SeriesFit, StudyReport
+from wgtune.report.compute import compute_lines, device_unit
 from wgtune.report.tables import format_count
 
 if TYPE_CHECKING:
@@ -21,13 +22,14 @@ __all__ = ["write_figures"]
 
 
 def write_figures(report: StudyReport, out_dir: str | Path) -> list[Path]:
-    """Write accuracy_vs_size, worst_group_error_fit and search_curves, each as .png and .svg; returns the paths."""
+    """Write accuracy_vs_size, worst_group_error_fit, search_curves and error_vs_compute, each as .png and .svg;
+    returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     draws: tuple[tuple[str, Callable[[StudyReport], Figure]], ...] = (
         ("accuracy_vs_size", _accuracy_vs_size), ("worst_group_error_fit", _error_fit),
-        ("search_curves", _search_curves))
+        ("search_curves", _search_curves), ("error_vs_compute", _error_vs_compute))
     for name, draw in draws:
         paths += _save(draw(report), out / name)
     return paths
@@ -163,6 +165,54 @@ def _search_curves(report: StudyReport) -> Figure:
         ax.legend(fontsize="x-small")
     fig.suptitle("Tuning noise: expected best of k search trials (± sd), exact order statistics")
     return fig
+
+
+def _error_vs_compute(report: StudyReport) -> Figure:
+    """Test worst-group error vs each cell's total compute (search and final seeds), one line per objective."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lines = compute_lines(report.rows)
+    datasets = sorted({line.dataset for line in lines})
+    fig = Figure(figsize=(max(5.5 * len(datasets), 7.0), 4.5), layout="constrained")
+    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
+    if not datasets:
+        axes[0].text(0.5, 0.5, "no cell with a test result and a logged cost yet", ha="center", va="center",
+                     transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+        return fig
+    objectives = sorted({line.objective for line in lines})
+    for dataset, ax in zip(datasets, axes):
+        of = [line for line in lines if line.dataset == dataset]
+        for line in of:
+            color = f"C{objectives.index(line.objective) % 10}"  # one colour per objective, on every panel
+            points = line.points
+            ax.errorbar([p.hours for p in points], [p.error for p in points], yerr=_yerr_error(points),
+                        fmt="o--" if line.pretrained else "o-", color=color, capsize=3, label=line.label)
+            for p in points:
+                ax.annotate(p.model, (p.hours, p.error), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+        units = sorted({p.device for line in of for p in line.points})
+        ax.set_xscale("log")
+        hours = [p.hours for line in of for p in line.points]
+        span = max(hours) / min(hours)  # label every 1..9 within a decade, 1-2-5 within two, decades beyond
+        ax.xaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10)) if span <= 10 else (1.0, 2.0, 5.0)
+                                              if span <= 100 else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"total compute, search + final seeds ({', '.join(device_unit(u) for u in units)})")
+        ax.set_ylabel("test worst-group error")
+        ax.set_title(dataset)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Worst-group error vs what each cell cost, its search included "
+                 f"(mean over final seeds, {100 * report.confidence:g}% interval)", fontsize="medium")
+    return fig
+
+
+def _yerr_error(points: Sequence) -> tuple[list[float], list[float]]:
+    """Distances from each error to its interval's ends; zero where there is none (one run)."""
+    return ([0.0 if p.error_low is None else p.error - p.error_low for p in points],
+            [0.0 if p.error_high is None else p.error_high - p.error for p in points])
 
 
 def _ci(value: float, interval: tuple[float, float] | None) -> str:

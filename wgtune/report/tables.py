@@ -17,6 +17,7 @@ from wgtune.report.build import (
     ReportRow,
     StudyReport,
 )
+from wgtune.report.compute import device_unit
 from wgtune.report.noise import RERUN_RANGE
 
 if TYPE_CHECKING:
@@ -29,10 +30,12 @@ _ESTIMATES = (("test_worst", "test worst-group %"), ("test_avg", "test average %
 _TUNING = ("tuning_trials", "best_val_at_budget_mean", "best_val_at_budget_std", "best_val_at_half_mean",
            "gain_last_doubling", "search_limited_noise", "search_limited", "rerun_test_worst_mean",
            "rerun_test_worst_std", "rerun_test_worst_low", "rerun_test_worst_high")
+_COST = ("device", "search_device_hours", "final_device_hours", "total_device_hours", "images_seen", "cost_runs",
+         "cost_unrecorded")
 COLUMNS = ("cell_id", "dataset", "model", "family", "n_params", "objective", "pretrained", "status", "n_seeds",
            "n_failed", *(f"{name}_{part}" for name, _ in _ESTIMATES for part in ("mean", "std", "low", "high")),
            *(f"test_worst_all_{part}" for part in ("mean", "std", "low", "high")),
-           "val_worst_chosen", "trials_spent", *_TUNING, "chosen_run_id", "chosen_config", "notes")
+           "val_worst_chosen", "trials_spent", *_TUNING, *_COST, "chosen_run_id", "chosen_config", "notes")
 """The columns of `cells.csv`, in order; an empty study still gets them as a header."""
 FIT_COLUMNS = ("dataset", "series", "axis", "n_sizes", "weighted", "slope", "slope_low", "slope_high", "p_falling",
                "slope_dof", "A", "beta", "beta_low", "beta_high", "C", "law_dof", "trend", "flagged", "n_boot",
@@ -55,7 +58,7 @@ def to_frame(report: StudyReport) -> pd.DataFrame:
             for part in ("mean", "std", "low", "high"):
                 got = None if value is None else getattr(value, part)
                 record[f"{name}_{part}"] = math.nan if got is None else got
-        record.update(_tuning_record(row), n_failed=row.n_failed,
+        record.update(_tuning_record(row), **_cost_record(row), n_failed=row.n_failed,
                       val_worst_chosen=math.nan if row.chosen_val_worst is None else row.chosen_val_worst,
                       trials_spent=row.trials_spent, chosen_run_id=row.chosen_run_id or "",
                       chosen_config=json.dumps(row.chosen_config, sort_keys=True), notes="; ".join(row.notes))
@@ -91,6 +94,29 @@ def _tuning_record(row: ReportRow) -> dict[str, Any]:
                 rerun_test_worst_high=nan(t.rerun_test_high))
 
 
+def _cost_record(row: ReportRow) -> dict[str, Any]:
+    """Device-hours of the cell's search, final seeds and both (NaN where no run logged a cost), and what it counted."""
+    c = row.cost
+    hours = (lambda h: h if c.recorded else math.nan)
+    return dict(device=c.device, search_device_hours=hours(c.search_hours), final_device_hours=hours(c.final_hours),
+                total_device_hours=hours(c.total_hours), images_seen=c.images, cost_runs=c.trials,
+                cost_unrecorded=c.unrecorded)
+
+
+def _cost_text(row: ReportRow) -> str:
+    """`1.24 GPU-h (search 1.02)`; `—` when no run of the cell logged a cost."""
+    c = row.cost
+    if not c.recorded:
+        return "—"
+    unit = device_unit(c.device).replace("hours", "h")
+    missing = f", {c.unrecorded} run(s) unrecorded" if c.unrecorded else ""
+    return f"{_hours(c.total_hours)} {unit} (search {_hours(c.search_hours)}{missing})"
+
+
+def _hours(value: float) -> str:
+    return f"{value:.3g}" if value >= 0.01 else f"{value:.2g}"
+
+
 def _fit_record(fit: Any) -> dict[str, Any]:
     slope, law = fit.slope, fit.law
     pair = (lambda v: (None, None) if v is None else v)
@@ -117,16 +143,31 @@ FAILED_TEXT = (f"\"failed seeds\": final seeds on which the chosen config diverg
                f"the notes give the mean with each counted as {100 * DIVERGED_WORST:g}% worst-group accuracy "
                "(`test_worst_all_*` in cells.csv).")
 
+COMPUTE_TEXT = ("\"compute\": what every trial run of the cell cost, search trials and final seeds, failed and killed "
+                "ones too (each run's last logged `cost/device_s`): GPU-hours for cells whose trials hold GPUs "
+                "(a shared GPU counts its share), else CPU-core-hours; figure `error_vs_compute`.")
+
+
+def _study_compute(report: StudyReport) -> str:
+    """The study's total per unit (GPU-hours and CPU-core-hours are never added together)."""
+    totals: dict[str, float] = {}
+    for row in report.rows:
+        if row.cost.recorded:
+            totals[row.cost.device] = totals.get(row.cost.device, 0.0) + row.cost.total_hours
+    return ", ".join(f"{_hours(h)} {device_unit(d)}" for d, h in sorted(totals.items())) or "none recorded"
+
 
 def markdown(report: StudyReport) -> str:
     """The report as Markdown: the rules, a cell table with tuning noise, a fit table."""
     ci = f"{100 * report.confidence:g}% CI"
     head = ["dataset", "model", "params", "objective", "pretrained", "status", "seeds", "failed seeds",
             *(f"{title} (mean ± std, {ci})" for _, title in _ESTIMATES),
-            "val worst-group % (chosen)", "trials spent", "best val @m % (± sd)", "search-limited?",
+            "val worst-group % (chosen)", "trials spent", "compute, search included", "best val @m % (± sd)",
+            "search-limited?",
             "re-run search: test worst % (sd) [range]", "chosen config", "notes"]
     lines = ["# wgtune report", "", f"- Model selection: {report.rule}.", f"- Intervals: {report.interval}.",
              f"- \"{SEARCH_ONLY}\": {SEARCH_ONLY_NOTE.split(': ', 1)[1]}.", f"- {FAILED_TEXT}", f"- {TUNING_TEXT}",
+             f"- {COMPUTE_TEXT}", f"- Compute in all: {_study_compute(report)}.",
              f"- Missing cells: {', '.join(report.missing) or 'none'}.", *(f"- {n}" for n in report.notes), "",
              _md_row(head), _md_row(["---"] * len(head))]
     for row in report.rows:
@@ -136,7 +177,7 @@ def markdown(report: StudyReport) -> str:
         cells += [format_estimate(getattr(row, name), 1.0 if name == "disparity" else 100.0, row.status)
                   for name, _ in _ESTIMATES]
         cells += ["—" if row.chosen_val_worst is None else f"{100 * row.chosen_val_worst:.1f}",
-                  str(row.trials_spent), *_tuning_cells(row), format_config(row.chosen_config) or "—",
+                  str(row.trials_spent), _cost_text(row), *_tuning_cells(row), format_config(row.chosen_config) or "—",
                   "; ".join(row.notes)]
         lines.append(_md_row(cells))
     lines += ["", "## Scaling fits of test worst-group error", "",

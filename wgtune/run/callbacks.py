@@ -15,17 +15,27 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ray.tune import Callback
 
-from trainables.metrics import BEST_PREFIX, BEST_TEST_WORST, EPOCH, LR, REPORTED_PREFIXES, SELECTION_METRIC
+from trainables.metrics import (
+    BEST_PREFIX,
+    BEST_TEST_WORST,
+    COST_METRICS,
+    EPOCH,
+    LR,
+    REPORTED_PREFIXES,
+    SELECTION_METRIC,
+)
 from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress, render
 from wgtune.tracking.records import (
     ATTEMPTS_TAG,
+    DEVICE_TAG,
     DIVERGED_TAG,
     PHASE_FINAL,
     PHASE_SEARCH,
     SEED_PARAM,
     STOPPED_TAG,
     config_params,
+    device_use,
 )
 
 if TYPE_CHECKING:
@@ -95,11 +105,13 @@ class TrackingCallback(_SessionCallback):
         config = trial.config
         params = {**config["params"], **({SEED_PARAM: config[SEED_PARAM]} if SEED_PARAM in config else {})}
         planned = self.session.cells.get(config["cell"])
+        tags = {}
         if planned is not None:  # the whole resolved config, so a later launch can tell what it was trained under
             params.update(config_params(trial_config(planned, config["params"], config.get(SEED_PARAM))))
+            tags[DEVICE_TAG] = device_use(planned.resources)[0]  # what its cost/device_s counts
         self.runs[trial.trial_id] = self.tracker.start_trial(
-            config["cell"], trial.trial_id, params, config["proposal"], phase=config.get("phase", PHASE_SEARCH)
-        )
+            config["cell"], trial.trial_id, params, config["proposal"], phase=config.get("phase", PHASE_SEARCH),
+            tags=tags)
         return self.runs[trial.trial_id]
 
     def _run(self, trial: Trial) -> str:
@@ -110,7 +122,11 @@ class TrackingCallback(_SessionCallback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
         if DIVERGED in result:
-            return  # not an epoch: the run ends FAILED with it in on_trial_complete
+            # Not an epoch: the run ends FAILED with it in on_trial_complete. What it spent is logged, as spent.
+            spent = {k: v for k, v in result.items() if k in COST_METRICS}
+            if spent:
+                self.tracker.log_epoch(self._run(trial), spent, step=int(result["training_iteration"]))
+            return
         metrics = {k: v for k, v in result.items() if k.startswith(REPORTED_PREFIXES) or k == LR}
         self.tracker.log_epoch(self._run(trial), metrics, step=int(result.get("epoch", result["training_iteration"])))
 

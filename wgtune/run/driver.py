@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.search import ConcurrencyLimiter
 
-from trainables.metrics import SELECTION_METRIC
+from trainables.metrics import DEVICE_SECONDS, ELAPSED_SECONDS, SELECTION_METRIC
 from wgtune.run.callbacks import DIVERGED, SESSIONS, ProgressCallback, Session, TrackingCallback, cell_failing
 from wgtune.run.cluster import init_ray
 from wgtune.run.plan import PlannedCell, trial_config
@@ -26,7 +26,7 @@ from wgtune.run.progress import CellProgress
 from wgtune.search.router import CellRouter, SearchPlan
 from wgtune.search.scheduler import make_scheduler
 from wgtune.spec.grid import derive_seed
-from wgtune.tracking.records import SEED_PARAM
+from wgtune.tracking.records import SEED_PARAM, device_use
 
 if TYPE_CHECKING:
     from wgtune.spec.grid import Grid
@@ -167,14 +167,17 @@ def run_trial(config: dict[str, Any], cells: Mapping[str, PlannedCell],
 
     `on_epoch(metrics)` is called with each epoch's metrics before they are reported (and the
     epoch's checkpoint is handed to Tune): where the soak and the fault tests cause their faults.
+    Every report, a diverged trial's last one included, carries its compute so far (`device_cost`).
     """
     from trainables.training import DivergedError, train
 
     planned = cells[config["cell"]]
     settings = trial_config(planned, config["params"], config.get(SEED_PARAM))
     checkpoint = tune.get_checkpoint()
+    devices = device_use(planned.resources)[1]
 
     def report(metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        metrics.update(device_cost(metrics, devices))
         if on_epoch is not None:
             on_epoch(metrics)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
@@ -186,9 +189,22 @@ def run_trial(config: dict[str, Any], cells: Mapping[str, PlannedCell],
             else:
                 with checkpoint.as_directory() as resume:
                     train(settings, report, workdir=workdir, resume_from=resume)
-    except DivergedError:
+    except DivergedError as diverged:
         # Tune's strict metric check wants the searcher's metric in every result.
-        tune.report({SELECTION_METRIC: float("nan"), DIVERGED: traceback.format_exc()})
+        spent = {**diverged.metrics, **device_cost(diverged.metrics, devices)}
+        tune.report({SELECTION_METRIC: float("nan"), DIVERGED: traceback.format_exc(), **spent})
+
+
+def device_cost(metrics: Mapping[str, float], devices: float) -> dict[str, float]:
+    """The trial's compute so far, `cost/device_s`: its wall seconds (`train/elapsed_s`, cumulative over the
+    attempts its checkpoints carry) times the devices it holds (`records.device_use`: GPUs, else CPU cores).
+
+    Attempts that failed and were retried are counted up to their last checkpoint, since their time was spent
+    and the checkpoint carries it into the retry; what a failed attempt ran after its last checkpoint is not
+    (a dead worker reports nothing), so a retried trial's cost errs low by at most an epoch per failure.
+    A trial that failed for good counts its last report. Nothing when the trial reported no time."""
+    elapsed = metrics.get(ELAPSED_SECONDS)
+    return {} if elapsed is None else {DEVICE_SECONDS: float(elapsed) * devices}
 
 
 def _resources_of(cells: Mapping[str, PlannedCell]) -> Callable[[dict], PlacementGroupFactory]:

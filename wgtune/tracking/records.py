@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from wgtune.spec.grid import Cell
+    from wgtune.spec.schema import ResourceSpec
     from wgtune.spec.spaces import SearchSpace
 
 _log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ PHASE_SEARCH, PHASE_FINAL = "search", "final"
 STOPPED_TAG = tag("stopped_early")
 """On a FINISHED search trial that the scheduler (ASHA) stopped before its last epoch: its value is
 its best so far, and it is no candidate for a neighbour's transfer points (see `summary.Observation`)."""
+DEVICE_TAG = tag("device")
+DEVICE_GPU, DEVICE_CPU = "gpu", "cpu"
+"""On every trial run: what its `cost/device_s` counts, `gpu` (GPU-seconds: it holds GPUs) or `cpu`
+(CPU-core-seconds: it holds none); see `device_use`."""
 SEED_PARAM = "seed"
 """The param a trial logs its training seed under (every search trial has its own, and every final seed)."""
 CONFIG_PREFIX = "config."
@@ -72,10 +77,12 @@ CELL_METRIC_PREFIX = "cell/"
 CELL_BEST_VAL_WORST, CELL_TEST_WORST_MEAN, CELL_TEST_WORST_LOW, CELL_TEST_WORST_HIGH = (
     f"{CELL_METRIC_PREFIX}{name}" for name in ("best_val_worst_acc", "test_worst_acc_mean", "test_worst_acc_low",
                                                "test_worst_acc_high"))
-CELL_TRIALS_SPENT, CELL_FINAL_SEEDS, CELL_FAILED_SEEDS = (
-    f"{CELL_METRIC_PREFIX}{name}" for name in ("trials_spent", "final_seeds", "failed_seeds"))
+CELL_TRIALS_SPENT, CELL_FINAL_SEEDS, CELL_FAILED_SEEDS, CELL_DEVICE_HOURS = (
+    f"{CELL_METRIC_PREFIX}{name}" for name in ("trials_spent", "final_seeds", "failed_seeds", "device_hours"))
+"""`device_hours`: what every trial run of the cell has cost, search and final seeds, failed and killed ones
+included (`wgtune.report.compute.cell_cost`): GPU-hours for a cell whose trials hold GPUs, else CPU-core-hours."""
 CELL_METRICS = (CELL_TEST_WORST_MEAN, CELL_TEST_WORST_LOW, CELL_TEST_WORST_HIGH, CELL_BEST_VAL_WORST,
-                CELL_TRIALS_SPENT, CELL_FINAL_SEEDS, CELL_FAILED_SEEDS)
+                CELL_TRIALS_SPENT, CELL_FINAL_SEEDS, CELL_FAILED_SEEDS, CELL_DEVICE_HOURS)
 """A cell's summary, logged on its parent run (by the report, and by a launch as it closes the cell) so the
 runs table can show and sort cells by it; in the order the study's view shows them."""
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -208,6 +215,13 @@ def _tag_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def device_use(resources: ResourceSpec) -> tuple[str, float]:
+    """What a trial holding `resources` counts its compute in, and how many of them it holds: its GPUs when it
+    holds any (a fraction of one when it shares one: its share of the GPU's time), else its CPU cores. A GPU
+    trial's CPUs are not added: GPU-seconds and CPU-core-seconds are not one unit, and the GPU is the cost."""
+    return (DEVICE_GPU, float(resources.gpu)) if resources.gpu > 0 else (DEVICE_CPU, float(resources.cpu))
+
+
 def final_seed_done(status: str, diverged: bool) -> bool:
     """Whether a final-seed trial has given its seed's result: it finished, or the chosen config
     diverged on that seed (re-training it would diverge again, so it is never re-run)."""
@@ -232,6 +246,8 @@ class TrialRecord:
     error: str | None
     diverged: bool = False
     stopped_early: bool = False
+    device: str = ""
+    """What its `cost/device_s` counts (`DEVICE_GPU`, `DEVICE_CPU`); empty for a run from before costs were logged."""
 
 
 def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -330,7 +346,8 @@ def trial_record(run: Run) -> TrialRecord:
         proposal=tags.get(PROPOSAL_TAG, ""), phase=tags.get(PHASE_TAG, ""),
         params=dict(run.data.params), metrics=dict(run.data.metrics),
         start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, error=tags.get(ERROR_TAG),
-        diverged=tags.get(DIVERGED_TAG) == "true", stopped_early=tags.get(STOPPED_TAG) == "true")
+        diverged=tags.get(DIVERGED_TAG) == "true", stopped_early=tags.get(STOPPED_TAG) == "true",
+        device=tags.get(DEVICE_TAG, ""))
 
 
 def metric_rows(run_id: str, metrics: Mapping[str, Any], step: int) -> list[tuple[str, float, int, int]]:

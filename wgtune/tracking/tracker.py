@@ -249,9 +249,9 @@ class StudyTracker:
     # -- trials -----------------------------------------------------------------------------
 
     def start_trial(self, cell_id: str, trial_id: str, params: Mapping[str, Any], proposal: str,
-                    phase: str = PHASE_SEARCH) -> str:
+                    phase: str = PHASE_SEARCH, tags: Mapping[str, str] | None = None) -> str:
         """The trial's handle for `log_epoch` / `end_trial`; its run is made (or reopened, for a
-        resumed trial) by a queued write, so this never waits for the store."""
+        resumed trial) by a queued write, so this never waits for the store. `tags` are added to a new run's."""
         cell = self._cell(cell_id)
         _literal(trial_id)
         handle = trial_handle(trial_id)
@@ -268,7 +268,7 @@ class StudyTracker:
             self._writer.reopened(handle)
             self._writer.add(Write(WriteKind.STATUS, handle, ("RUNNING",)))
             return handle
-        tags = {PARENT_RUN_TAG: cell.parent_run_id, KIND_TAG: KIND_TRIAL, CELL_TAG: cell_id,
+        tags = {**(tags or {}), PARENT_RUN_TAG: cell.parent_run_id, KIND_TAG: KIND_TRIAL, CELL_TAG: cell_id,
                 TRIAL_ID_TAG: trial_id, PROPOSAL_TAG: proposal, PHASE_TAG: phase}
         name = f"{cell.record.run_name} · trial {number}"
         self._writer.add(Write(WriteKind.CREATE, handle, (self.experiment_id, tuple(sorted(tags.items())), name, now_ms())))

@@ -271,6 +271,7 @@ def test_figures_are_written_for_full_partial_and_empty_studies(study: StudyRepo
         assert list(pd.read_csv(write_tables(report, tmp_path / name)[0]).columns) == list(COLUMNS)
         paths = write_figures(report, tmp_path / name)
         assert sorted(p.name for p in paths) == ["accuracy_vs_size.png", "accuracy_vs_size.svg",
+                                                 "error_vs_compute.png", "error_vs_compute.svg",
                                                  "search_curves.png", "search_curves.svg",
                                                  "worst_group_error_fit.png", "worst_group_error_fit.svg"]
         for path in paths:

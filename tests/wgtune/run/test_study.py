@@ -182,6 +182,21 @@ def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp
         assert row["test_worst_mean"] == pytest.approx(mean(worst))
         assert row["test_worst_std"] == pytest.approx(stdev(worst))
     assert {f.suffix for f in files} >= {".csv", ".md", ".png", ".svg"}
+    # Compute: every trial run logs its CPU-core-seconds (1 CPU each here); a cell's total is their sum,
+    # its search included, in cells.csv and on the cell's parent run.
+    _, _, parents, _ = runs_of(path)
+    for cell in grid.cells():
+        runs = [r for r in children if r.data.tags["wgtune.cell"] == cell.id]
+        assert all(r.data.tags["wgtune.device"] == "cpu" for r in runs)
+        assert all(r.data.metrics["train/elapsed_s"] > 0 and
+                   r.data.metrics["cost/device_s"] == pytest.approx(r.data.metrics["train/elapsed_s"]) for r in runs)
+        total_h = sum(r.data.metrics["cost/device_s"] for r in runs) / 3600
+        search_h = sum(r.data.metrics["cost/device_s"] for r in runs if r.data.tags["wgtune.phase"] == "search") / 3600
+        row = table[(table["model"] == cell.model) & (table["objective"] == cell.objective)].iloc[0]
+        assert row["total_device_hours"] == pytest.approx(total_h) and row["search_device_hours"] == pytest.approx(search_h)
+        [parent] = [p for p in parents if p.data.tags["wgtune.cell"] == cell.id]
+        assert parent.data.metrics["cell/device_hours"] == pytest.approx(total_h)
+    assert "error_vs_compute.png" in {f.name for f in files}
     study_runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
                                     "tags.`wgtune.kind` = 'study'")
     logged = [a.path for a in client.list_artifacts(study_runs[0].info.run_id, "report")]

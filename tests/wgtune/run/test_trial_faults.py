@@ -182,6 +182,13 @@ def test_a_transient_fault_is_logged_failed_then_resumed_from_its_checkpoint(stu
     assert (first["checkpoint"], first["epochs"]) == (False, [1, 2])
     assert (second["checkpoint"], second["epochs"]) == (True, [2, 3])
     assert study.steps(run) == [1, 2, 3]
+    # Its cost is the trial's, not the last attempt's: each epoch's images once (the retry carries epoch 1's
+    # from its checkpoint), and wall seconds over both attempts up to the checkpoint, in CPU-core-seconds.
+    images = {m.step: m.value for m in study.client.get_metric_history(run.info.run_id, "train/images_seen")}
+    assert images[3] == 3 * images[1] > 0
+    assert run.data.tags["wgtune.device"] == "cpu"
+    assert run.data.metrics["train/elapsed_s"] > 0
+    assert run.data.metrics["cost/device_s"] == pytest.approx(run.data.metrics["train/elapsed_s"])
     assert any(line.startswith("[retrying]") and trial_id in line and "retrying from epoch 2 (attempt 2/2)" in line
                for line in study.lines)
 
@@ -199,6 +206,9 @@ def test_a_diverged_loss_fails_the_trial_at_once_and_tpe_learns_it(study: Study)
     assert error.count("DivergedError: training loss became") == 1
     assert run.data.tags["wgtune.error"].startswith("the training loss diverged")
     assert study.steps(run) == [], "the diverged epoch is not logged as one"
+    # But what it spent is: the steps it trained before the loss was found non-finite, and their time.
+    assert run.data.metrics["train/images_seen"] > 0 and run.data.metrics["cost/device_s"] > 0
+    assert run.data.tags["wgtune.device"] == "cpu"
     assert any(line.startswith("[diverged]") and trial_id in line and "not retried" in line
                and "a new trial replaces it" in line for line in study.lines)
     # The router's state as Tune saved it (CellRouter.save): a failed point to TPE, not a good one.

@@ -27,3 +27,12 @@ def test_how_a_trial_ran_does_not_make_it_incomparable() -> None:
     here = _logged(cache=True, eval_test="best", compile=False, device="cuda", num_workers=4, seed=1)
     there = _logged(cache=False, eval_test="every", compile=True, device="cpu", num_workers=0, seed=2)
     assert settings_mismatch(here, there, free=set()) is None
+
+
+def test_a_trial_counts_its_gpus_when_it_holds_any_else_its_cpu_cores() -> None:
+    from wgtune.spec.grid import ResourceSpec
+    from wgtune.tracking.records import DEVICE_CPU, DEVICE_GPU, device_use
+
+    assert device_use(ResourceSpec(cpu=8, gpu=2)) == (DEVICE_GPU, 2.0)  # its CPUs are not added to GPU-seconds
+    assert device_use(ResourceSpec(cpu=4, gpu=0.25)) == (DEVICE_GPU, 0.25)  # a quarter of a shared GPU's time
+    assert device_use(ResourceSpec(cpu=3)) == (DEVICE_CPU, 3.0)
