@@ -46,6 +46,9 @@ FAILING_TAG = tag("failing")  # on a cell run the last launch gave up on (too ma
 KIND_STUDY, KIND_CELL, KIND_TRIAL = "study", "cell", "trial"
 PHASE_SEARCH, PHASE_FINAL = "search", "final"
 """A search trial informs its cell's TPE; a final trial re-trains the chosen config on a fresh seed."""
+SELECT_TAG = tag("select")
+"""On a final trial re-trained under another selection rule than the study's (`wgtune launch --select val_avg`):
+the rule's name (`tracking.selection.SELECTION_RULES`). A final trial without it re-trained the study's choice."""
 STOPPED_TAG = tag("stopped_early")
 """On a FINISHED search trial that the scheduler (ASHA) stopped before its last epoch: its value is
 its best so far, and it is no candidate for a neighbour's transfer points (see `summary.Observation`)."""
@@ -232,6 +235,8 @@ class TrialRecord:
     error: str | None
     diverged: bool = False
     stopped_early: bool = False
+    select: str = ""
+    """The selection rule a final trial re-trained the choice of (`SELECT_TAG`); empty: the study's own."""
 
 
 def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -330,7 +335,8 @@ def trial_record(run: Run) -> TrialRecord:
         proposal=tags.get(PROPOSAL_TAG, ""), phase=tags.get(PHASE_TAG, ""),
         params=dict(run.data.params), metrics=dict(run.data.metrics),
         start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, error=tags.get(ERROR_TAG),
-        diverged=tags.get(DIVERGED_TAG) == "true", stopped_early=tags.get(STOPPED_TAG) == "true")
+        diverged=tags.get(DIVERGED_TAG) == "true", stopped_early=tags.get(STOPPED_TAG) == "true",
+        select=tags.get(SELECT_TAG, ""))
 
 
 def metric_rows(run_id: str, metrics: Mapping[str, Any], step: int) -> list[tuple[str, float, int, int]]:
