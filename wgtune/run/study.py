@@ -366,6 +366,7 @@ def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
                                  select=select)
         folder.mkdir(parents=True, exist_ok=True)
         files = write_tables(built, folder) + write_figures(built, folder)
+        files += selection_files(grid, tracker, built, select, folder)
         tracker.log_study_files(f"{grid.spec.study} · report", files, name)
         searched = search_analysis(grid, tracker, folder)
         for sub in sorted({f.parent for f in searched}):  # MLflow's artifact folders mirror the report's
@@ -384,6 +385,16 @@ def search_analysis(grid: Grid, tracker: StudyTracker, folder: Path) -> list[Pat
     labels.update({p.cell.id: p.cell.label for p in plans})
     analyses = analyse_search(tracker.trial_runs(), {p.cell.id: p.space for p in plans}, labels)
     return write_search_analysis(analyses, folder)
+
+
+def selection_files(grid: Grid, tracker: StudyTracker, built: StudyReport, select: str, folder: Path) -> list[Path]:
+    """`selection.md/.csv/.png`: the study under every selection rule side by side, from the same MLflow records
+    (`built`: the report already made under `select`)."""
+    from wgtune.report.selection import compare_rules, rule_reports, write_selection
+
+    cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
+    reports = rule_reports(cells, tracker.trial_runs(), [c.id for c in grid.cells()], known={select: built})
+    return write_selection(compare_rules(reports), folder)
 
 
 def log_cell_summaries(grid: Grid, tracker: StudyTracker, n_boot: int | None = None) -> StudyReport:
