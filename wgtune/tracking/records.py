@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Mapping
 
-from wgtune.spec.grid import cell_label
+from wgtune.spec.grid import cell_short_label
 from wgtune.spec.spaces import SpaceError
 from wgtune.tracking.store import redact
 
@@ -180,8 +180,8 @@ class CellRecord:
 
     @property
     def run_name(self) -> str:
-        """The parent run's name: the cell's label (`waterbirds · resnet-18 · groupdro · pretrained`)."""
-        return cell_label(self.dataset, self.model, self.objective, self.pretrained)
+        """The parent run's name: the cell's short label (`wb/r18/dro/pt`); its id is the `wgtune.cell` tag."""
+        return cell_short_label(self.dataset, self.model, self.objective, self.pretrained)
 
     def tags(self) -> dict[str, str]:
         """The parent run's tags: `wgtune.kind=cell`, `wgtune.cell=<id>`, and `wgtune.<field>` for every field."""
@@ -205,6 +205,21 @@ class CellRecord:
             else:
                 values[f.name] = text
         return cls(**values)
+
+
+def run_number_key(tags: Mapping[str, str]) -> tuple[str, str]:
+    """What a trial run's number counts within its cell, from its tags: final seeds per selection rule, every
+    other run as a search trial (runs from before phases were tagged among them)."""
+    phase = tags.get(PHASE_TAG, "")
+    return (PHASE_FINAL, tags.get(SELECT_TAG, "")) if phase == PHASE_FINAL else (PHASE_SEARCH, "")
+
+
+def trial_run_name(cell_name: str, number: int, phase: str = PHASE_SEARCH, rule: str = "") -> str:
+    """A trial run's name: `wb/r50/dro · t07` for the cell's 7th search trial, `wb/r50/dro · seed 2` for its
+    2nd final seed (`· seed 2 · val_avg` re-trained under another selection rule, `SELECT_TAG`)."""
+    if phase == PHASE_FINAL:
+        return f"{cell_name} · seed {number}" + (f" · {rule}" if rule else "")
+    return f"{cell_name} · t{number:02d}"
 
 
 def _tag_text(value: Any) -> str:
