@@ -35,6 +35,7 @@ from wgtune.tracking.selection import (
     SELECTION_RULE,
     SELECTION_RULES,
     SelectionRule,
+    differing_keys,
     rule_of,
     select_trial,
 )
@@ -269,8 +270,7 @@ def _one_per_seed(final: list[TrialRecord]) -> tuple[list[TrialRecord], list[str
 
 def _config_mismatch(chosen: TrialRecord, final: list[TrialRecord]) -> list[str]:
     # The search may have gone on after the final seeds ran and chosen another config.
-    keys = sorted({k for t in final for k in chosen.params.keys() & t.params.keys()
-                   if k != SEED_PARAM and chosen.params[k] != t.params[k]})
+    keys = sorted({k for t in final for k in differing_keys(chosen.params, t.params)})
     return [f"final seeds ran another config than the chosen one (differing: {', '.join(keys)})"] if keys else []
 
 

@@ -24,6 +24,7 @@ from wgtune.tracking.records import (
     PHASE_FINAL,
     PHASE_SEARCH,
     SEED_PARAM,
+    SELECT_KEY,
     STOPPED_TAG,
     config_params,
 )
@@ -98,7 +99,8 @@ class TrackingCallback(_SessionCallback):
         if planned is not None:  # the whole resolved config, so a later launch can tell what it was trained under
             params.update(config_params(trial_config(planned, config["params"], config.get(SEED_PARAM))))
         self.runs[trial.trial_id] = self.tracker.start_trial(
-            config["cell"], trial.trial_id, params, config["proposal"], phase=config.get("phase", PHASE_SEARCH)
+            config["cell"], trial.trial_id, params, config["proposal"], phase=config.get("phase", PHASE_SEARCH),
+            rule=config.get(SELECT_KEY, ""),
         )
         return self.runs[trial.trial_id]
 

@@ -49,6 +49,8 @@ PHASE_SEARCH, PHASE_FINAL = "search", "final"
 SELECT_TAG = tag("select")
 """On a final trial re-trained under another selection rule than the study's (`wgtune launch --select val_avg`):
 the rule's name (`tracking.selection.SELECTION_RULES`). A final trial without it re-trained the study's choice."""
+SELECT_KEY = "select"
+"""The key of a final trial's Tune config that names that rule, from the router to the tracking callback."""
 STOPPED_TAG = tag("stopped_early")
 """On a FINISHED search trial that the scheduler (ASHA) stopped before its last epoch: its value is
 its best so far, and it is no candidate for a neighbour's transfer points (see `summary.Observation`)."""

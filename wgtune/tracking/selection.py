@@ -12,16 +12,17 @@ domainbed/model_selection.py: `SelectionMethod`); its "training-domain validatio
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 from trainables.metrics import BEST_TEST_WORST, BEST_VAL_AVG, SELECTION_METRIC
-from wgtune.tracking.records import PHASE_FINAL
+from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, final_seed_done
 
 if TYPE_CHECKING:
     from wgtune.tracking.records import TrialRecord
 
-__all__ = ["DEFAULT_RULE", "SELECTION_RULE", "SELECTION_RULES", "SelectionRule", "best_index", "rule_of",
-           "select_trial"]
+__all__ = ["DEFAULT_RULE", "SELECTION_RULE", "SELECTION_RULES", "RuleChoice", "SelectionRule", "best_index",
+           "differing_keys", "rule_choices", "rule_of", "select_trial"]
 
 SELECTION_RULE = "best validation worst-group accuracy over the search trials (the best epoch of each)"
 
@@ -67,3 +68,49 @@ def select_trial(trials: Sequence[TrialRecord], metric: str = SELECTION_METRIC) 
                         key=lambda t: t.start_time_ms or 0)  # stable: equal start times keep their order
     index = best_index([t.metrics.get(metric) for t in candidates])
     return None if index is None else candidates[index]
+
+
+def differing_keys(a: Mapping[str, str], b: Mapping[str, str]) -> list[str]:
+    """The params two runs both logged with other values, their seeds aside: empty when they trained one config."""
+    return sorted(k for k in a.keys() & b.keys() if k != SEED_PARAM and a[k] != b[k])
+
+
+@dataclass(frozen=True)
+class RuleChoice:
+    """A cell's chosen search trial under one rule, and the final seeds that re-trained it.
+
+    `final_done`: final seeds done (`records.final_seed_done`) that ran this config under this rule (the study's
+    own seeds carry no rule tag; another rule's carry `records.SELECT_TAG`). `study_ran`: whether the study's own
+    final seeds ran this config (then another rule's report reads them and nothing needs re-training);
+    `study_choice`: whether it is the trial the study's rule chose too (the study's own launch re-trains that one).
+    """
+
+    rule: str
+    run_id: str
+    params: Mapping[str, str]
+    final_done: int = 0
+    study_ran: bool = False
+    study_choice: bool = False
+
+    @property
+    def needs_retraining(self) -> bool:
+        """Whether `wgtune launch --select <rule>` re-trains this choice: another rule's, which differs from the
+        study's choice, and whose config no final seed of the study ran."""
+        return self.rule != DEFAULT_RULE and not self.study_choice and not self.study_ran
+
+
+def rule_choices(trials: Sequence[TrialRecord]) -> dict[str, RuleChoice]:
+    """One cell's choice under every rule that can choose (a rule whose metric no finished trial logged cannot)."""
+    done = [t for t in trials if t.phase == PHASE_FINAL and final_seed_done(t.status, t.diverged)]
+    study = [t for t in done if (t.select or DEFAULT_RULE) == DEFAULT_RULE]
+    study_choice = select_trial(trials, SELECTION_RULES[DEFAULT_RULE].metric)
+    choices = {}
+    for name, rule in SELECTION_RULES.items():
+        chosen = select_trial(trials, rule.metric)
+        if chosen is None:
+            continue
+        ran = [t for t in done if (t.select or DEFAULT_RULE) == name and not differing_keys(chosen.params, t.params)]
+        choices[name] = RuleChoice(name, chosen.run_id, chosen.params, final_done=len(ran),
+                                   study_ran=any(not differing_keys(chosen.params, t.params) for t in study),
+                                   study_choice=study_choice is not None and chosen.run_id == study_choice.run_id)
+    return choices
