@@ -21,14 +21,15 @@ class StudyRun:
     uri: str
 
 
-def planned_study(grid: Grid) -> tuple[StudyTracker, list[PlannedCell]]:
-    """The grid's StudyTracker on a fresh SQLite store in its study folder, and its planned cells."""
+def planned_study(grid: Grid, select: str | None = None) -> tuple[StudyTracker, list[PlannedCell]]:
+    """The grid's StudyTracker on the SQLite store in its study folder (fresh, or as earlier runs left it), and its
+    planned cells (under selection rule `select`, as `wgtune launch --select` plans them; None: the study's)."""
     from wgtune.run.study import prepare
     from wgtune.tracking.store import artifact_root
     from wgtune.tracking.tracker import StudyTracker
 
     tracker = StudyTracker(f"sqlite:///{grid.study_dir / 'mlflow.db'}", grid.spec.study, artifact_root(grid.study_dir))
-    return tracker, prepare(grid, tracker)
+    return tracker, prepare(grid, tracker, **({"select": select} if select else {}))
 
 
 def run_study(grid: Grid, tracker: StudyTracker, cells: list[PlannedCell], trial_fn: Callable[..., None], *,

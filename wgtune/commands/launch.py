@@ -25,6 +25,12 @@ class LaunchCommand(Command):
                             help="print the cells, their spaces, budgets and resources; start nothing")
         parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                             help="how often to print the per-cell table while running")
+        from wgtune.tracking.selection import DEFAULT_RULE, SELECTION_RULES
+
+        parser.add_argument("--select", default=DEFAULT_RULE, choices=tuple(SELECTION_RULES),
+                            help="re-train final seeds of the config another selection rule chooses, in the cells "
+                                 "where it differs from what the study re-trained (no search; the runs carry the "
+                                 "rule, `wgtune report --select RULE` shows them); default: the study itself")
 
     def run(self, args: argparse.Namespace) -> int:
         from wgtune.run.study import LaunchOptions, describe, launch
@@ -34,5 +40,6 @@ class LaunchCommand(Command):
         if args.dry_run:
             print(describe(grid, args.tracking_uri))
             return 0
-        launch(grid, LaunchOptions(args.tracking_uri, args.address, args.progress_every), trial_fn=self.trial_fn)
+        options = LaunchOptions(args.tracking_uri, args.address, args.progress_every, select=args.select)
+        launch(grid, options, trial_fn=self.trial_fn)
         return 0

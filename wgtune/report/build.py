@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, BEST_VAL_AVG, SELECTION_METRIC
+from trainables.metrics import BEST_TEST_AVG, BEST_TEST_WEIGHTED, BEST_TEST_WORST, SELECTION_METRIC
 from wgtune.report.compute import CellCost, cell_cost
 from wgtune.report.fit import FIT_SCALE, SIGMA_FLOOR, FitError, LogSlope, PowerLaw, fit_log_slope, fit_power_law
 from wgtune.report.noise import CellSamples, TuningNoise, tuning_noise
@@ -32,6 +32,15 @@ from wgtune.tracking.records import (
     SEED_PARAM,
     CellRecord,
 )
+from wgtune.tracking.selection import (
+    DEFAULT_RULE,
+    SELECTION_RULE,
+    SELECTION_RULES,
+    SelectionRule,
+    differing_keys,
+    rule_of,
+    select_trial,
+)
 
 if TYPE_CHECKING:
     from wgtune.tracking.records import TrialRecord
@@ -45,27 +54,7 @@ __all__ = [
     "interval_text", "select_trial",
 ]
 
-SELECTION_RULE = "best validation worst-group accuracy over the search trials (the best epoch of each)"
 VAL_WORST, TEST_WORST, TEST_AVG, TEST_WEIGHTED = SELECTION_METRIC, BEST_TEST_WORST, BEST_TEST_AVG, BEST_TEST_WEIGHTED
-
-
-class SelectionRule(NamedTuple):
-    """How a cell's config is chosen among its search trials: the one with the highest `metric`."""
-
-    metric: str
-    description: str
-
-
-SELECTION_RULES = {
-    "val_worst": SelectionRule(VAL_WORST, SELECTION_RULE),
-    "val_avg": SelectionRule(BEST_VAL_AVG, "best validation average accuracy over the search trials (no group "
-                                           "labels needed at selection; each trial still at the epoch its validation "
-                                           "worst-group accuracy picked, the only epoch it logged)"),
-    "oracle_test_worst": SelectionRule(TEST_WORST, "best TEST worst-group accuracy over the search trials: an "
-                                                   "oracle, the ceiling of what selection could reach, not a result"),
-}
-"""The rules `wgtune report --select` offers; `val_worst` is the study's (the one its final seeds re-train)."""
-DEFAULT_RULE = "val_worst"
 FINAL, SEARCH_ONLY, MISSING = PHASE_FINAL, "search only", "missing"
 SEARCH_ONLY_NOTE = "search only: test metrics of the chosen search trial (one run, no final seeds yet)"
 DIVERGED_WORST = 0.0
@@ -127,14 +116,6 @@ class StudyReport:
     notes: tuple[str, ...] = ()
 
 
-def select_trial(trials: Sequence[TrialRecord], metric: str = VAL_WORST) -> TrialRecord | None:
-    """The FINISHED search trial with the highest `metric` (default `SELECTION_METRIC`), the earliest among ties."""
-    scored = [(t.metrics.get(metric), t.start_time_ms or 0, i, t) for i, t in enumerate(trials)
-              if t.status == "FINISHED" and t.phase != PHASE_FINAL]
-    scored = [s for s in scored if s[0] is not None and math.isfinite(s[0])]
-    return min(scored, key=lambda s: (-s[0], s[1], s[2]))[3] if scored else None  # type: ignore[operator]
-
-
 def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], expected_cells: Sequence[str] = (),
                  confidence: float = 0.95, n_boot: int | None = None, select: str = DEFAULT_RULE) -> StudyReport:
     """The report of a (possibly partial) study: a row per cell, curves per data set and size axis, fits.
@@ -147,9 +128,7 @@ def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], exp
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
-    if select not in SELECTION_RULES:
-        raise ValueError(f"unknown selection rule {select!r}; valid: {', '.join(SELECTION_RULES)}")
-    rule = SELECTION_RULES[select]
+    rule = rule_of(select)
     known: dict[str, CellRecord] = {}
     for cell in cells:
         known.setdefault(cell.cell_id, cell)
@@ -161,7 +140,7 @@ def build_report(cells: Sequence[CellRecord], trials: Sequence[TrialRecord], exp
     unknown = [c for c in ids if c not in known and c in by_cell]
     if unknown:
         notes.append(f"no cell metadata for {', '.join(unknown)}: listed, but on no curve")
-    rows = sorted((_row(known.get(c) or CellRecord.unknown(c), by_cell.get(c, []), confidence, rule.metric)
+    rows = sorted((_row(known.get(c) or CellRecord.unknown(c), by_cell.get(c, []), confidence, select)
                    for c in ids), key=_row_order)
     series = group_series(
         ((r.dataset, r.family, r.objective, r.pretrained), r.size,
@@ -188,17 +167,14 @@ def cell_metrics(row: ReportRow) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
-def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float, metric: str = VAL_WORST) -> ReportRow:
+def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float, select: str = DEFAULT_RULE) -> ReportRow:
+    metric = SELECTION_RULES[select].metric
     search = [t for t in trials if t.phase != PHASE_FINAL]
-    final, notes = _one_per_seed([t for t in trials if t.phase == PHASE_FINAL and t.status == "FINISHED"])
-    diverged = sorted({t.params.get(SEED_PARAM, "?") for t in trials if t.phase == PHASE_FINAL and t.diverged})
     chosen = select_trial(search, metric)
-    if metric != VAL_WORST and chosen is not None and (final or diverged):
-        ran = [t for t in trials if t.phase == PHASE_FINAL and (t.status == "FINISHED" or t.diverged)]
-        if _config_mismatch(chosen, ran):  # those seeds re-trained the study's choice, not this rule's
-            notes.append("this rule chose another config than the final seeds re-trained: shown from its search "
-                         "trial (re-train it to compare like with like)")
-            final, diverged = [], []
+    ran, notes = _rule_finals(trials, select, chosen)
+    final, repeated = _one_per_seed([t for t in ran if t.status == "FINISHED"])
+    notes.extend(repeated)
+    diverged = sorted({t.params.get(SEED_PARAM, "?") for t in ran if t.diverged})
     samples = _samples(search, chosen, final, metric)
     base: dict[str, Any] = dict(
         cell_id=cell.cell_id, dataset=cell.dataset, model=cell.model, family=cell.family, size=cell.size,
@@ -242,6 +218,32 @@ def _row(cell: CellRecord, trials: list[TrialRecord], confidence: float, metric:
                      notes=(*notes, f"no finished trial ({failed} failed)" if failed else "no finished trial"))
 
 
+def _rule_finals(trials: list[TrialRecord], select: str, chosen: TrialRecord | None
+                 ) -> tuple[list[TrialRecord], list[str]]:
+    """The final runs that stand for the cell under rule `select`, and why others were set aside.
+
+    The study's rule: its own final seeds (no `select` tag), never another rule's. Another rule: the seeds
+    re-trained under it (`wgtune launch --select`) if they ran its chosen config, else the study's seeds if
+    they ran that config too, else none: the chosen search trial (one run) stands for the cell.
+    """
+    def of(rule: str) -> list[TrialRecord]:
+        return [t for t in trials if t.phase == PHASE_FINAL and (t.select or DEFAULT_RULE) == rule
+                and (t.status == "FINISHED" or t.diverged)]
+
+    study = of(DEFAULT_RULE)
+    if select == DEFAULT_RULE or chosen is None:
+        return study, []
+    own = of(select)
+    if own and not _config_mismatch(chosen, own):
+        return own, []
+    if study and not _config_mismatch(chosen, study):
+        return study, []
+    if own or study:  # those seeds re-trained another config than this rule's choice
+        return [], ["this rule chose another config than the final seeds re-trained: shown from its search "
+                    "trial (wgtune launch --select re-trains it, to compare like with like)"]
+    return [], []
+
+
 def _samples(search: list[TrialRecord], chosen: TrialRecord | None, final: list[TrialRecord],
              metric: str = VAL_WORST) -> CellSamples:
     """The cell's raw numbers for tuning noise and the bootstrap: finished search trials in start order, their
@@ -274,8 +276,7 @@ def _one_per_seed(final: list[TrialRecord]) -> tuple[list[TrialRecord], list[str
 
 def _config_mismatch(chosen: TrialRecord, final: list[TrialRecord]) -> list[str]:
     # The search may have gone on after the final seeds ran and chosen another config.
-    keys = sorted({k for t in final for k in chosen.params.keys() & t.params.keys()
-                   if k != SEED_PARAM and chosen.params[k] != t.params[k]})
+    keys = sorted({k for t in final for k in differing_keys(chosen.params, t.params)})
     return [f"final seeds ran another config than the chosen one (differing: {', '.join(keys)})"] if keys else []
 
 

@@ -33,6 +33,7 @@ from wgtune.tracking.records import (
     PHASE_FINAL,
     PHASE_SEARCH,
     SEED_PARAM,
+    SELECT_KEY,
     STOPPED_TAG,
     config_params,
     device_use,
@@ -111,7 +112,7 @@ class TrackingCallback(_SessionCallback):
             tags[DEVICE_TAG] = device_use(planned.resources)[0]  # what its cost/device_s counts
         self.runs[trial.trial_id] = self.tracker.start_trial(
             config["cell"], trial.trial_id, params, config["proposal"], phase=config.get("phase", PHASE_SEARCH),
-            tags=tags)
+            rule=config.get(SELECT_KEY, ""), tags=tags)
         return self.runs[trial.trial_id]
 
     def _run(self, trial: Trial) -> str:

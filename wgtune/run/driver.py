@@ -158,6 +158,8 @@ def search_plan(cell: PlannedCell, n_startup: int, allow_repeats: bool = False) 
         draw_seed=derive_seed(cell.seed, *history) if history else None,
         prior=priors.startup_prior if priors else None,
         allow_repeats=allow_repeats,
+        final_params=cell.final_params,
+        rule=cell.select if cell.final_params is not None else "",
     )
 
 

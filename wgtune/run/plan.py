@@ -14,8 +14,9 @@ from wgtune.search.budget import CellBudget
 from wgtune.search.priors import CellPriors
 from wgtune.spec.grid import Cell, Grid, GridError
 from wgtune.spec.schema import ResourceSpec
-from wgtune.spec.spaces import SearchSpace, load_space
-from wgtune.tracking.records import config_params, logged_config
+from wgtune.spec.spaces import SearchSpace, SpaceError, load_space
+from wgtune.tracking.records import config_params, logged_config, parse_params
+from wgtune.tracking.selection import DEFAULT_RULE, rule_of
 from wgtune.tracking.summary import CellSummary
 
 
@@ -30,10 +31,24 @@ class PlannedCell:
     budget: CellBudget
     seed: int = 0
     priors: CellPriors | None = None
+    select: str = DEFAULT_RULE
+    """The selection rule whose choice the cell's final seeds re-train (`tracking.selection.SELECTION_RULES`)."""
+    final_params: dict[str, Any] | None = None
+    """Under another rule than the study's: the searched values of its chosen trial, which the final seeds re-train
+    (the study's rule leaves the choice to the router, over the search as it ends)."""
+    note: str = ""
+    """Why a cell has no work under another rule (its search is not done, or the rule chose as the study did)."""
 
 
-def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> list[PlannedCell]:
-    """Every cell's plan; `history` is what MLflow already holds per cell id (none: a new study)."""
+def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None,
+               select: str = DEFAULT_RULE) -> list[PlannedCell]:
+    """Every cell's plan; `history` is what MLflow already holds per cell id (none: a new study).
+
+    Under another selection rule than the study's (`wgtune launch --select`), a cell runs no search: where its
+    search is done and the rule chose another config than the study's final seeds re-trained, its budget is
+    `final_seeds` re-trainings of that config (less those done), tagged with the rule (`records.SELECT_TAG`).
+    """
+    rule_of(select)
     history = history or {}
     plans = []
     for cell in grid.cells():
@@ -51,7 +66,8 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None) -> 
         # Runs trained under other fixed settings (the grid changed them since) are not this cell's
         # work: they neither count against its budget nor inform its search (search/priors.py).
         trained = summary.trained_as(fixed_settings(planned), space.searched_keys()) if summary else None
-        plans.append(replace(planned, budget=cell_budget(grid, trained)))
+        planned = replace(planned, budget=cell_budget(grid, trained))
+        plans.append(planned if select == DEFAULT_RULE else rule_plan(grid, planned, trained, select))
     return plans
 
 
@@ -107,6 +123,26 @@ def _extremes(kind: str, args: tuple[Any, ...]) -> list[Any]:
     if kind == "normal":
         return [args[0]]
     return [args[0], args[1]]
+
+
+def rule_plan(grid: Grid, planned: PlannedCell, trained: CellSummary | None, select: str) -> PlannedCell:
+    """The cell under rule `select`: no search, and its final seeds only where the rule's choice needs them."""
+    done = planned.budget.search_done
+    idle = replace(planned, select=select, budget=CellBudget(search=done, search_done=done))
+    if planned.budget.search_left:
+        return replace(idle, note=f"its search is not done ({done} of {planned.budget.search} trials): "
+                                  "launch the study first")
+    choice = trained.choices.get(select) if trained else None
+    if choice is None:
+        return replace(idle, note=f"no finished search trial logged {rule_of(select).metric}")
+    if not choice.needs_retraining:
+        return replace(idle, note="the rule chose the config the study's own final seeds re-train")
+    try:
+        params = parse_params(planned.space, choice.params)
+    except (SpaceError, ValueError) as err:
+        return replace(idle, note=f"its chosen trial {choice.run_id} is outside the current space: {err}")
+    budget = CellBudget(search=done, search_done=done, final=grid.spec.final_seeds, final_done=choice.final_done)
+    return replace(idle, budget=budget, final_params=params)
 
 
 def cell_budget(grid: Grid, summary: CellSummary | None) -> CellBudget:

@@ -22,6 +22,7 @@ from wgtune.search.priors import CellPriors, cell_priors
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid, expand_study_dir
 from wgtune.tracking.records import STUDY_VIEW_KEY, CellRecord
+from wgtune.tracking.selection import DEFAULT_RULE, SELECTION_RULES
 from wgtune.tracking.spool import SPOOL_FOLDER
 from wgtune.tracking.store import (
     artifact_root,
@@ -51,6 +52,8 @@ class LaunchOptions:
     address: str | None = None
     progress_every_s: float = 30.0
     store_wait_s: float = 120.0  # at the end, how long a tracking store that is away gets to come back
+    select: str = DEFAULT_RULE
+    """Another selection rule than the study's: re-train final seeds of its choice where it differs (no search)."""
 
 
 def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Print = print,
@@ -58,9 +61,13 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
     """Run every cell's remaining budget; finished trials in MLflow count, so a re-launch resumes.
 
     `trial_fn(config, cells)` replaces the training trial (the soak injects faults through it).
+    With `options.select` another rule than the study's, it runs no search: only the final seeds of that rule's
+    choice where it differs from what the study re-trained (`plan.rule_plan`), tagged with the rule.
     """
     from wgtune.spec.grid import check_study_dir
 
+    if options.select not in SELECTION_RULES:
+        raise UserError(f"--select {options.select!r} is not a selection rule; valid: {', '.join(SELECTION_RULES)}")
     plan_cells(grid)  # every cell's search space is valid, before anything is created
     check_data(grid)
     check_weights(grid)
@@ -76,11 +83,14 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
     experiment_id = tracker.experiment_id
     try:
         _recover(tracker, print_line)
-        cells = _plan_launch(grid, tracker, print_line)
+        cells = _plan_launch(grid, tracker, print_line, options.select)
         print_line(_headline(grid, cells, uri, study_dir))
+        for planned in cells:
+            if planned.note:  # under another rule: why a cell re-trains nothing
+                print_line(f"{planned.cell.label}: nothing to re-train under {options.select}: {planned.note}")
         print_line(browse_line(grid, tracker))
         if any(c.budget.has_work for c in cells):
-            experiment = Experiment(grid)
+            experiment = Experiment(grid, options.select)
             print_line("resuming the interrupted Ray experiment: finished trials are kept, running ones "
                        "continue from their last epoch" if experiment.restore else
                        f"new Ray experiment, warm-started from MLflow "
@@ -90,14 +100,14 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                 # MLflow is the truth: whatever a restored experiment could not bring back (a trial
                 # Tune's last snapshot missed) runs now in a new experiment, warm-started from MLflow.
                 # Not for a cell this launch gave up on: a new experiment would give it a fresh failure cap.
-                cells = _plan_launch(grid, tracker, print_line)
+                cells = _plan_launch(grid, tracker, print_line, options.select)
                 failing = tracker.failing_cells()
                 rerun = [c for c in cells if c.cell.id not in failing]
                 missing = sum(c.budget.search_left + c.budget.final_left for c in rerun)
                 if missing:
                     print_line(f"{missing} trial(s) not recovered by the restored experiment: running them in a "
                                "new experiment, warm-started from MLflow")
-                    _run(grid, rerun, tracker, Experiment(grid), options, print_line, trial_fn)
+                    _run(grid, rerun, tracker, Experiment(grid, options.select), options, print_line, trial_fn)
         _summarise_cells(grid, tracker, print_line)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
@@ -108,7 +118,8 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
         tracker.close()
     print_line(
         f"next: wgtune status --grid {grid.path}   (progress per cell)\n"
-        f"      wgtune report --grid {grid.path}   (tables and curves over model size)\n"
+        f"      wgtune report --grid {grid.path}{'' if options.select == DEFAULT_RULE else ' --select ' + options.select}"
+        f"   (tables and curves over model size)\n"
         f"      wgtune ui --grid {grid.path}       (browse every trial in the MLflow UI; store: {redact(uri)})\n"
         f"      {browse_line(grid, None, uri, experiment_id)}"
     )
@@ -144,11 +155,13 @@ class Experiment:
     MLflow. The record of the last launch lives in the study folder, whatever the storage.
     """
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, select: str = DEFAULT_RULE) -> None:
         self.storage = grid.storage
         self.marker = grid.study_dir / "last_launch.json"
-        self.fingerprint = hashlib.sha256(grid.spec.model_dump_json().encode()).hexdigest()
-        self.name = f"{grid.spec.study}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        # Another rule's launch is another experiment: neither restores the other's.
+        rule = "" if select == DEFAULT_RULE else f"-{select}"
+        self.fingerprint = hashlib.sha256((grid.spec.model_dump_json() + rule).encode()).hexdigest()
+        self.name = f"{grid.spec.study}{rule}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         self.restore = self._interrupted()
 
     def _interrupted(self) -> bool:
@@ -212,12 +225,13 @@ def _unlogged(grid: Grid, tracker: StudyTracker, uri: str) -> UserError:
         "store is back, and it uploads them before anything else (finished trials are not re-run).")
 
 
-def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print) -> list[PlannedCell]:
-    """Close what a dead driver left RUNNING, then plan every cell from MLflow."""
+def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print, select: str = DEFAULT_RULE
+                 ) -> list[PlannedCell]:
+    """Close what a dead driver left RUNNING, then plan every cell from MLflow (under selection rule `select`)."""
     closed = tracker.close_orphans()
     if closed:
         print_line(f"closed {len(closed)} trial run(s) left RUNNING by an interrupted launch as KILLED")
-    return prepare(grid, tracker)
+    return prepare(grid, tracker, select=select)
 
 
 def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment: Experiment,
@@ -227,7 +241,8 @@ def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment
 
     if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
         tracker.clear_failing(c.cell.id for c in cells if c.budget.has_work)
-    record_priors(tracker, cells, experiment.restore)
+    # A rule's re-training searches nothing: the priors.json of the search that ran stays the cell's.
+    record_priors(tracker, cells, experiment.restore or options.select != DEFAULT_RULE)
     settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
                                     address=options.address, progress_every_s=options.progress_every_s)
     experiment.begin()
@@ -273,13 +288,13 @@ def check_data(grid: Grid) -> None:
             raise UserError(f"{grid.path}: data_root: {err}") from None
 
 
-def prepare(grid: Grid, tracker: StudyTracker, register: bool = True) -> list[PlannedCell]:
-    """Every cell's plan with its budget left and its priors, from what MLflow holds.
+def prepare(grid: Grid, tracker: StudyTracker, register: bool = True, select: str = DEFAULT_RULE) -> list[PlannedCell]:
+    """Every cell's plan with its budget left and its priors, from what MLflow holds (`select`: `plan_cells`).
 
     With `register`, each cell's parent run is created (or reopened) in the store.
     """
     summaries = tracker.cell_summaries()
-    cells = plan_cells(grid, summaries)
+    cells = plan_cells(grid, summaries, select)
     records = {c.cell.id: cell_record(c) for c in cells}
     n_params = {cell_id: record.n_params for cell_id, record in records.items()}
     peers = [c.cell for c in cells]
@@ -348,7 +363,7 @@ def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
     report-<rule> for another selection rule than the study's) with each cell's search analysis in its
     search/ folder, and logged on the study-level run "<study> · report"; under the study's rule each
     cell's summary is logged on its parent run too. A partial study marks missing cells."""
-    from wgtune.report.build import DEFAULT_RULE, SELECTION_RULES, build_report
+    from wgtune.report.build import build_report
     from wgtune.report.figures import write_figures
     from wgtune.report.tables import write_tables
 
@@ -366,6 +381,7 @@ def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
                                  select=select)
         folder.mkdir(parents=True, exist_ok=True)
         files = write_tables(built, folder) + write_figures(built, folder)
+        files += selection_files(grid, tracker, built, select, folder)
         tracker.log_study_files(f"{grid.spec.study} · report", files, name)
         searched = search_analysis(grid, tracker, folder)
         for sub in sorted({f.parent for f in searched}):  # MLflow's artifact folders mirror the report's
@@ -384,6 +400,16 @@ def search_analysis(grid: Grid, tracker: StudyTracker, folder: Path) -> list[Pat
     labels.update({p.cell.id: p.cell.label for p in plans})
     analyses = analyse_search(tracker.trial_runs(), {p.cell.id: p.space for p in plans}, labels)
     return write_search_analysis(analyses, folder)
+
+
+def selection_files(grid: Grid, tracker: StudyTracker, built: StudyReport, select: str, folder: Path) -> list[Path]:
+    """`selection.md/.csv/.png`: the study under every selection rule side by side, from the same MLflow records
+    (`built`: the report already made under `select`)."""
+    from wgtune.report.selection import compare_rules, rule_reports, write_selection
+
+    cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
+    reports = rule_reports(cells, tracker.trial_runs(), [c.id for c in grid.cells()], known={select: built})
+    return write_selection(compare_rules(reports), folder)
 
 
 def log_cell_summaries(grid: Grid, tracker: StudyTracker, n_boot: int | None = None) -> StudyReport:

@@ -22,6 +22,7 @@ from wgtune.search import prior_tpe
 from wgtune.search.budget import CellBudget
 from wgtune.spec.grid import derive_seed
 from wgtune.tracking.records import PROPOSAL_PRIOR, PROPOSAL_RANDOM, PROPOSAL_TPE, PROPOSAL_TRANSFER
+from wgtune.tracking.selection import best_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,6 +61,11 @@ class SearchPlan:
     prior: SoftPrior | None = None
     """What the random start-up draws from instead of `space`'s own prior (`search.prior_tpe.suggest`):
     a new cell's size-aware prior under `priors: {narrow: soft}`; TPE then searches `space` itself."""
+    final_params: dict[str, Any] | None = None
+    """The searched values the final seeds re-train when another selection rule than the study's chose them
+    (`run.plan.rule_plan`, from MLflow); None: the study's rule, over the cell's Trials as its search ends."""
+    rule: str = ""
+    """The selection rule `final_params` are the choice of (its final trials carry it); empty: the study's."""
 
     def __post_init__(self) -> None:
         if not self.cell:
@@ -250,7 +256,11 @@ class CellSearch:
     def final_ready(self) -> bool:
         """The search is spent and settled, a config was found, and final seeds remain."""
         searched = self.search_left == 0 and not self.running
-        return not self.gave_up and searched and self.finals_left > 0 and self.best_loss() is not None
+        return not self.gave_up and searched and self.finals_left > 0 and self.has_choice()
+
+    def has_choice(self) -> bool:
+        """Whether there is a config for final seeds to re-train: the rule's given one, or a scored trial."""
+        return self.plan.final_params is not None or self.best_loss() is not None
 
     def has_work(self) -> bool:
         """Trials may still start in this experiment: now, once the search settles, or to replace
@@ -259,13 +269,20 @@ class CellSearch:
             return False
         if self.search_left or self.running or self.finals_running:
             return True
-        return self.finals_left > 0 and self.best_loss() is not None
+        return self.finals_left > 0 and self.has_choice()
 
     def propose_final(self, trial_id: str) -> dict[str, Any]:
-        """The chosen config (best metric over every finished search trial, history included)
-        on the next seed: a failed final's seed again, else the next fresh one derived from the cell's seed."""
-        best = min((d for d in self.trials.trials if d["result"].get("status") == STATUS_OK),
-                   key=lambda d: d["result"]["loss"])
+        """The chosen config on the next seed: a failed final's seed again, else the next fresh one derived from
+        the cell's seed. The study's rule chooses over every finished search trial, history included, as the
+        report does (`tracking.selection.best_index`: highest metric, earliest on ties; a loss is the metric
+        negated); another rule's choice comes chosen (`SearchPlan.final_params`)."""
+        if self.plan.final_params is None:
+            scored = [d for d in self.trials.trials if d["result"].get("status") == STATUS_OK]
+            index = best_index([-d["result"]["loss"] for d in scored])
+            assert index is not None  # final_ready: a scored trial exists
+            params = self.params(scored[index]["misc"])
+        else:
+            params = dict(self.plan.final_params)
         # A replacement re-trains its failed seed: the seeds finished stay the first N of the
         # sequence, which is what the next launch's `budget.final_done` assumes.
         redo = self.seeds_to_redo()
@@ -276,7 +293,7 @@ class CellSearch:
             seed = (self.plan.seed + 1_000_003 * (index + 1)) % 2**31
         self.finals[trial_id] = seed
         self.finals_running.add(trial_id)
-        return {"params": self.params(best["misc"]), "seed": seed}
+        return {"params": params, "seed": seed}
 
     def seeds_to_redo(self) -> list[int]:
         """Final seeds whose every trial failed."""

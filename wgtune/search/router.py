@@ -25,7 +25,7 @@ from hyperopt.utils import coarse_utcnow
 from ray.tune.search import Searcher
 
 from wgtune.search.cell_search import TRIAL_ERROR, CellSearch, SearchPlan, result_doc
-from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM
+from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, SELECT_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -106,8 +106,9 @@ class CellRouter(Searcher):
         if cell.search_left == 0:
             final = cell.propose_final(trial_id)
             self._trial_cell[trial_id] = (cell.plan.cell, None)
+            rule = {SELECT_KEY: cell.plan.rule} if cell.plan.rule else {}
             return {"cell": cell.plan.cell, "params": final["params"], "proposal": PHASE_FINAL,
-                    "phase": PHASE_FINAL, SEED_PARAM: final["seed"]}
+                    "phase": PHASE_FINAL, SEED_PARAM: final["seed"], **rule}
         doc, proposal = cell.propose(trial_id)
         self._trial_cell[trial_id] = (cell.plan.cell, doc["tid"])
         return {"cell": cell.plan.cell, "params": cell.params(doc["misc"]), "proposal": proposal,

@@ -29,8 +29,22 @@ class GridError(UserError):
 
 
 def cell_label(dataset: str, model: str, objective: str, pretrained: bool) -> str:
-    """A cell's human name, `waterbirds · resnet-18 · groupdro` (+ ` · pretrained`): progress lines and run names."""
+    """A cell's human name, `waterbirds · resnet-18 · groupdro` (+ ` · pretrained`): progress lines."""
     return " · ".join([dataset, model, objective] + (["pretrained"] if pretrained else []))
+
+
+SHORT_NAMES = {"waterbirds": "wb", "celebA": "ca", "spurious_digits": "sd", "groupdro": "dro", "resnet-": "r"}
+"""Abbreviations of data sets, objectives and model-family prefixes in short cell labels (`cell_short_label`);
+a name not listed stands for itself, so a new one is still unique (tests/wgtune/spec/test_grid.py checks)."""
+
+
+def cell_short_label(dataset: str, model: str, objective: str, pretrained: bool) -> str:
+    """A cell's short name, `wb/r50/dro` (+ `/pt`): its MLflow runs' names, where the runs table is narrow.
+    The full id stays in the runs' tags (`records.CELL_TAG`)."""
+    prefix = next((p for p in SHORT_NAMES if p.endswith("-") and model.startswith(p)), "")
+    short_model = SHORT_NAMES[prefix] + model[len(prefix):] if prefix else model
+    parts = [SHORT_NAMES.get(dataset, dataset), short_model, SHORT_NAMES.get(objective, objective)]
+    return "/".join(parts + (["pt"] if pretrained else []))
 
 
 @dataclass(frozen=True)
@@ -50,8 +64,13 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """Human name, as used for MLflow run names."""
+        """Human name, as progress lines and `wgtune status` show it."""
         return cell_label(self.dataset, self.model, self.objective, self.pretrained)
+
+    @property
+    def short_label(self) -> str:
+        """Short name, as MLflow run names show it (`cell_short_label`)."""
+        return cell_short_label(self.dataset, self.model, self.objective, self.pretrained)
 
     def seed(self, study_seed: int) -> int:
         """A seed derived from what identifies the cell, stable across launches and machines."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Mapping
 
-from wgtune.spec.grid import cell_label
+from wgtune.spec.grid import cell_short_label
 from wgtune.spec.spaces import SpaceError
 from wgtune.tracking.store import redact
 
@@ -47,6 +47,11 @@ FAILING_TAG = tag("failing")  # on a cell run the last launch gave up on (too ma
 KIND_STUDY, KIND_CELL, KIND_TRIAL = "study", "cell", "trial"
 PHASE_SEARCH, PHASE_FINAL = "search", "final"
 """A search trial informs its cell's TPE; a final trial re-trains the chosen config on a fresh seed."""
+SELECT_TAG = tag("select")
+"""On a final trial re-trained under another selection rule than the study's (`wgtune launch --select val_avg`):
+the rule's name (`tracking.selection.SELECTION_RULES`). A final trial without it re-trained the study's choice."""
+SELECT_KEY = "select"
+"""The key of a final trial's Tune config that names that rule, from the router to the tracking callback."""
 STOPPED_TAG = tag("stopped_early")
 """On a FINISHED search trial that the scheduler (ASHA) stopped before its last epoch: its value is
 its best so far, and it is no candidate for a neighbour's transfer points (see `summary.Observation`)."""
@@ -184,8 +189,8 @@ class CellRecord:
 
     @property
     def run_name(self) -> str:
-        """The parent run's name: the cell's label (`waterbirds · resnet-18 · groupdro · pretrained`)."""
-        return cell_label(self.dataset, self.model, self.objective, self.pretrained)
+        """The parent run's name: the cell's short label (`wb/r18/dro/pt`); its id is the `wgtune.cell` tag."""
+        return cell_short_label(self.dataset, self.model, self.objective, self.pretrained)
 
     def tags(self) -> dict[str, str]:
         """The parent run's tags: `wgtune.kind=cell`, `wgtune.cell=<id>`, and `wgtune.<field>` for every field."""
@@ -209,6 +214,21 @@ class CellRecord:
             else:
                 values[f.name] = text
         return cls(**values)
+
+
+def run_number_key(tags: Mapping[str, str]) -> tuple[str, str]:
+    """What a trial run's number counts within its cell, from its tags: final seeds per selection rule, every
+    other run as a search trial (runs from before phases were tagged among them)."""
+    phase = tags.get(PHASE_TAG, "")
+    return (PHASE_FINAL, tags.get(SELECT_TAG, "")) if phase == PHASE_FINAL else (PHASE_SEARCH, "")
+
+
+def trial_run_name(cell_name: str, number: int, phase: str = PHASE_SEARCH, rule: str = "") -> str:
+    """A trial run's name: `wb/r50/dro · t07` for the cell's 7th search trial, `wb/r50/dro · seed 2` for its
+    2nd final seed (`· seed 2 · val_avg` re-trained under another selection rule, `SELECT_TAG`)."""
+    if phase == PHASE_FINAL:
+        return f"{cell_name} · seed {number}" + (f" · {rule}" if rule else "")
+    return f"{cell_name} · t{number:02d}"
 
 
 def _tag_text(value: Any) -> str:
@@ -248,6 +268,8 @@ class TrialRecord:
     stopped_early: bool = False
     device: str = ""
     """What its `cost/device_s` counts (`DEVICE_GPU`, `DEVICE_CPU`); empty for a run from before costs were logged."""
+    select: str = ""
+    """The selection rule a final trial re-trained the choice of (`SELECT_TAG`); empty: the study's own."""
 
 
 def loggable_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -347,7 +369,7 @@ def trial_record(run: Run) -> TrialRecord:
         params=dict(run.data.params), metrics=dict(run.data.metrics),
         start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, error=tags.get(ERROR_TAG),
         diverged=tags.get(DIVERGED_TAG) == "true", stopped_early=tags.get(STOPPED_TAG) == "true",
-        device=tags.get(DEVICE_TAG, ""))
+        device=tags.get(DEVICE_TAG, ""), select=tags.get(SELECT_TAG, ""))
 
 
 def metric_rows(run_id: str, metrics: Mapping[str, Any], step: int) -> list[tuple[str, float, int, int]]:

@@ -6,11 +6,12 @@ priors all count the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from trainables.metrics import SELECTION_METRIC
 from wgtune.tracking.records import PHASE_FINAL, TrialRecord, final_seed_done, logged_config, settings_mismatch
+from wgtune.tracking.selection import RuleChoice, rule_choices
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ class CellSummary:
     best_run_id: str | None = None
     observations: tuple[Observation, ...] = ()
     final_done: int = 0
-    """Final seeds that gave their result (`final_seed_done`): finished, or diverged for good."""
-
-
+    """The study's final seeds that gave their result (`final_seed_done`): finished, or diverged for good.
+    Seeds re-trained under another selection rule (`records.SELECT_TAG`) are not the study's: see `choices`."""
+    choices: Mapping[str, RuleChoice] = field(default_factory=dict)
+    """The chosen search trial under each selection rule, with the final seeds done that re-trained it under
+    that rule (`selection.rule_choices`): what `wgtune launch --select` re-trains, and how much is done."""
 
     def trained_as(self, expected: Mapping[str, str], free: frozenset[str]) -> CellSummary:
         """This summary less the runs trained under other settings than `expected` (`records.settings_mismatch`;
@@ -78,9 +81,12 @@ class CellSummary:
             return self
         scored = [o for o in kept if o.value is not None]
         best = max(scored, key=lambda o: o.value) if scored else None  # type: ignore[arg-type,return-value]
+        # A rule's choice among runs that no longer count is no choice of this cell's (it cannot be re-chosen
+        # here: observations keep no other rule's metric), so it is dropped.
+        runs = {o.run_id for o in kept}
         return replace(self, finished=sum(not o.failed for o in kept), failed=sum(o.failed for o in kept),
                        best_value=best.value if best else None, best_run_id=best.run_id if best else None,
-                       observations=kept)
+                       observations=kept, choices={r: c for r, c in self.choices.items() if c.run_id in runs})
 
 
 def summarise(trials: Sequence[TrialRecord], parent_ids: Mapping[str, str], metric: str = SELECTION_METRIC,
@@ -111,6 +117,7 @@ def summarise(trials: Sequence[TrialRecord], parent_ids: Mapping[str, str], metr
             running=sum(t.status == "RUNNING" for t in records),
             killed=sum(t.status == "KILLED" for t in records),
             best_value=best.value if best else None, best_run_id=best.run_id if best else None,
-            observations=observations,
-            final_done=sum(t.phase == PHASE_FINAL and final_seed_done(t.status, t.diverged) for t in every))
+            observations=observations, choices=rule_choices(every),
+            final_done=sum(t.phase == PHASE_FINAL and not t.select and final_seed_done(t.status, t.diverged)
+                           for t in every))
     return summaries

@@ -18,6 +18,7 @@ import atexit
 import functools
 import json
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
@@ -42,6 +43,7 @@ from wgtune.tracking.records import (
     PROPOSAL_TAG,
     RUN_NAME_TAG,
     RUN_STATUSES,
+    SELECT_TAG,
     SHARED_VIEW_TAG_PREFIX,
     STUDY_VIEW_KEY,
     TAG_VALUE_LIMIT,
@@ -54,8 +56,10 @@ from wgtune.tracking.records import (
     loggable_params,
     metric_rows,
     now_ms,
+    run_number_key,
     trial_handle,
     trial_record,
+    trial_run_name,
 )
 from wgtune.tracking.spool import Spool, read_spools
 from wgtune.tracking.store import redact, sqlite_path
@@ -76,7 +80,7 @@ class _OpenCell:
     record: CellRecord
     parent_run_id: str
     trials: dict[str, str] = field(default_factory=dict)  # trial_id -> run id, or handle while being made
-    count: int = 0
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # trial runs per `records.run_number_key`
 
 
 class StudyTracker:
@@ -127,7 +131,7 @@ class StudyTracker:
             return known.parent_run_id
         cell_filter = f"tags.`{CELL_TAG}` = {_literal(cell.cell_id)}"
 
-        def find_or_create(client: MlflowClient) -> tuple[str, dict[str, str], int]:
+        def find_or_create(client: MlflowClient) -> tuple[str, dict[str, str], Counter[tuple[str, str]]]:
             parents = self._search(client, f"tags.`{KIND_TAG}` = '{KIND_CELL}' and {cell_filter}",
                                    order_by=["attributes.start_time ASC"])
             if parents:
@@ -139,12 +143,12 @@ class StudyTracker:
                                               run_name=cell.run_name).info.run_id
             trials = self._search(client, f"tags.`{KIND_TAG}` = '{KIND_TRIAL}' and {cell_filter}")
             index = {run.data.tags.get(TRIAL_ID_TAG, ""): run.info.run_id for run in trials}
-            return parent_id, index, len(trials)
+            return parent_id, index, Counter(run_number_key(run.data.tags) for run in trials)
 
         self.flush()  # a queued close_cell must land before the search that may reopen the cell
-        parent_id, index, count = self._call(find_or_create)
+        parent_id, index, counts = self._call(find_or_create)
         with self._lock:
-            self._cells.setdefault(cell.cell_id, _OpenCell(cell, parent_id, index, count))
+            self._cells.setdefault(cell.cell_id, _OpenCell(cell, parent_id, index, counts))
         return parent_id
 
     def close_cell(self, cell_id: str) -> None:
@@ -249,18 +253,19 @@ class StudyTracker:
     # -- trials -----------------------------------------------------------------------------
 
     def start_trial(self, cell_id: str, trial_id: str, params: Mapping[str, Any], proposal: str,
-                    phase: str = PHASE_SEARCH, tags: Mapping[str, str] | None = None) -> str:
-        """The trial's handle for `log_epoch` / `end_trial`; its run is made (or reopened, for a
-        resumed trial) by a queued write, so this never waits for the store. `tags` are added to a new run's."""
+                    phase: str = PHASE_SEARCH, rule: str = "", tags: Mapping[str, str] | None = None) -> str:
+        """The trial's handle for `log_epoch` / `end_trial`; its run is made (or reopened) by a queued write, never
+        waiting for the store. `rule`: a final seed's rule if not the study's (`SELECT_TAG`); `tags`: a new run's extra."""
         cell = self._cell(cell_id)
         _literal(trial_id)
         handle = trial_handle(trial_id)
+        tags = {**(tags or {}), PARENT_RUN_TAG: cell.parent_run_id, KIND_TAG: KIND_TRIAL, CELL_TAG: cell_id,
+                TRIAL_ID_TAG: trial_id, PROPOSAL_TAG: proposal, PHASE_TAG: phase, **({SELECT_TAG: rule} if rule else {})}
         with self._lock:
             existing = cell.trials.get(trial_id)
             if existing is None:
                 cell.trials[trial_id] = handle
-                cell.count += 1
-                number = cell.count
+                number = cell.counts[run_number_key(tags)] = cell.counts[run_number_key(tags)] + 1
             self._live.add(handle)
         if existing is not None:
             if not is_handle(existing):
@@ -268,9 +273,7 @@ class StudyTracker:
             self._writer.reopened(handle)
             self._writer.add(Write(WriteKind.STATUS, handle, ("RUNNING",)))
             return handle
-        tags = {**(tags or {}), PARENT_RUN_TAG: cell.parent_run_id, KIND_TAG: KIND_TRIAL, CELL_TAG: cell_id,
-                TRIAL_ID_TAG: trial_id, PROPOSAL_TAG: proposal, PHASE_TAG: phase}
-        name = f"{cell.record.run_name} · trial {number}"
+        name = trial_run_name(cell.record.run_name, number, phase, rule)
         self._writer.add(Write(WriteKind.CREATE, handle, (self.experiment_id, tuple(sorted(tags.items())), name, now_ms())))
         items = sorted(loggable_params(params).items())
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):

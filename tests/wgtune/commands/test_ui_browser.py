@@ -52,8 +52,8 @@ resources: {cpu: 1}
 train: {image_size: 16}
 """
 # The names a person looks for: one parent run per cell, one child run per trial.
-CELLS = ["spurious_digits · resnet-10x0.25 · erm", "spurious_digits · resnet-10x0.25 · groupdro"]
-TRIALS = {cell: [f"{cell} · trial {n}" for n in (1, 2, 3, 4)] for cell in CELLS}  # 2 search trials, 2 final seeds
+CELLS = ["sd/r10x0.25/erm", "sd/r10x0.25/dro"]  # short run names (`spec.grid.cell_short_label`)
+TRIALS = {cell: [f"{cell} · {n}" for n in ("t01", "t02", "seed 1", "seed 2")] for cell in CELLS}  # 2 search, 2 final
 
 
 @pytest.fixture(scope="module")

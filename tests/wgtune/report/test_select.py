@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from wgtune.report.build import FINAL, SEARCH_ONLY, SELECTION_RULES, build_report
+from wgtune.report.selection import COLUMNS, compare_rules, rule_reports, selection_markdown, write_selection
 from wgtune.tracking.records import CellRecord, TrialRecord
 
 CELL = CellRecord("wb/r18/erm", "waterbirds", "resnet", "18", "resnet-18", 11_000_000, "erm", False)
@@ -90,6 +92,8 @@ def test_the_report_recomputes_the_choice_from_mlflow_and_logs_the_study_choice_
         folder = "report" if rule == "val_worst" else f"report-{rule}"
         assert files[0] == tmp_path / "study" / folder / "cells.csv"
         chosen[rule] = pd.read_csv(files[0])["chosen_config"][0]
+        side = pd.read_csv(tmp_path / "study" / folder / "selection.csv")  # every rule side by side, in every run
+        assert (tmp_path / "study" / folder / "selection.md") in files and set(side["rule"]) <= set(SELECTION_RULES)
     assert chosen == {"val_worst": '{"lr": "A"}', "val_avg": '{"lr": "B"}', "oracle_test_worst": '{"lr": "C"}'}
 
     client = MlflowClient(uri)
@@ -97,3 +101,79 @@ def test_the_report_recomputes_the_choice_from_mlflow_and_logs_the_study_choice_
     assert metrics[CELL_TEST_WORST_MEAN] == pytest.approx(0.72) and metrics[CELL_BEST_VAL_WORST] == 0.80
     experiment = client.get_experiment_by_name("select")
     assert STUDY_VIEW_KEY and (SHARED_VIEW_TAG_PREFIX + STUDY_VIEW_KEY) in experiment.tags
+
+
+# A series of four sizes. Everywhere the rules agree (config A) except at the largest size, where
+# validation average prefers B; the study re-trained A in every cell, and B was re-trained under val_avg.
+SIZES = (1_000_000, 4_000_000, 16_000_000, 64_000_000)
+SPREAD = (-0.01, 0.0, 0.01)  # the same seed spread everywhere: log-space weights are error² (the delta method)
+
+
+def series_history(retrained: bool = True) -> tuple[list[CellRecord], list[TrialRecord]]:
+    cells, trials = [], []
+    for i, n in enumerate(SIZES):
+        cid = f"wb/m{n}/erm"
+        cells.append(CellRecord(cid, "waterbirds", "resnet", "", f"m{n}", n, "erm", False))
+        b_avg = 0.99 if n == SIZES[-1] else 0.80
+        for k, (name, val_worst, val_avg) in enumerate((("A", 0.8, 0.9), ("B", 0.7, b_avg))):
+            trials.append(TrialRecord(f"{cid}/{name}", cid, f"t{k}", "", "FINISHED", "tpe", "search", {"lr": name},
+                                      {"best/val_worst_acc": val_worst, "best/val_avg_acc": val_avg,
+                                       "best/test_worst_acc": 0.5, "best/test_avg_acc": 0.9}, k, None, None))
+        worst_a = 0.6 + 0.08 * i  # error falls with size under the study's choice
+        runs = [("A", "", worst_a)]
+        if retrained and n == SIZES[-1]:
+            runs.append(("B", "val_avg", 0.4))  # B's seeds: error rises again at the largest size
+        for name, rule, worst in runs:
+            for seed, d in enumerate(SPREAD):
+                trials.append(TrialRecord(f"{cid}/{name}{seed}", cid, f"{name}{seed}", "", "FINISHED", "final",
+                                          "final", {"lr": name, "seed": str(seed)},
+                                          {"best/test_worst_acc": worst + d, "best/test_avg_acc": 0.9},
+                                          10 + seed, None, None, select=rule))
+    return cells, trials
+
+
+def ols_slope(worst: list[float]) -> float:
+    """The log-log slope by numpy's weighted least squares (polyfit weighs residuals by w, so w = error)."""
+    error = 1 - np.array(worst)
+    return float(np.polyfit(np.log(np.array(SIZES) / 1e6), np.log(error), 1, w=error)[0])
+
+
+def test_the_side_by_side_lists_the_changed_cell_with_the_slope_of_its_own_rule() -> None:
+    comparison = compare_rules(rule_reports(*series_history(), n_boot=50))
+    largest = f"wb/m{SIZES[-1]}/erm"
+    assert [(c.cell_id, c.rule) for c in comparison.changes] == [(largest, "val_avg")]
+    [series] = comparison.series
+    study, by_avg = series.under("val_worst"), series.under("val_avg")
+    assert study.changed == () and by_avg.changed == by_avg.retrained == (largest,)
+    study_worst = [0.6 + 0.08 * i for i in range(4)]
+    assert study.fit.slope.slope == pytest.approx(ols_slope(study_worst))
+    # The rule's slope is fitted on B's re-trained seeds at the largest size, not on A's.
+    assert by_avg.fit.slope.slope == pytest.approx(ols_slope([*study_worst[:3], 0.4]))
+    assert by_avg.fit.slope.slope > 0 > study.fit.slope.slope
+    # The oracle picks A wherever test ties (0.5 each, A earlier): no change, the study's slope.
+    assert series.under("oracle_test_worst").fit.slope.slope == pytest.approx(study.fit.slope.slope)
+    md = selection_markdown(comparison)
+    row = next(line for line in md.splitlines() if line.startswith("| waterbirds"))
+    assert f"{by_avg.fit.slope.slope:+.3f}" in row and "changed 1 (1 re-trained)" in row
+    assert f"| {largest} | val_avg | lr=A | lr=B |" in md
+
+
+def test_the_study_rule_never_uses_another_rules_seeds_and_a_changed_cell_without_them_is_not_fitted() -> None:
+    cells, trials = series_history()
+    study = build_report(cells, trials, n_boot=0)
+    largest = next(r for r in study.rows if r.n_params == SIZES[-1])
+    assert largest.n_seeds == 3 and largest.test_worst.mean == pytest.approx(0.6 + 0.08 * 3)  # A's seeds only
+    comparison = compare_rules(rule_reports(*series_history(retrained=False), n_boot=0))
+    by_avg = comparison.series[0].under("val_avg")
+    assert by_avg.changed == (f"wb/m{SIZES[-1]}/erm",) and by_avg.retrained == ()
+    assert by_avg.fit.n_sizes == 3  # the changed cell is its search trial: on the curve, not in the fit
+
+
+def test_the_side_by_side_files_hold_one_line_per_series_and_rule(tmp_path) -> None:
+    import pandas as pd
+
+    paths = write_selection(compare_rules(rule_reports(*series_history(), n_boot=0)), tmp_path)
+    assert [p.name for p in paths] == ["selection.md", "selection.csv", "selection.png"]
+    frame = pd.read_csv(paths[1])
+    assert list(frame.columns) == list(COLUMNS) and list(frame["rule"]) == list(SELECTION_RULES)
+    assert list(frame["changed"]) == [0, 1, 0] and paths[2].read_bytes()[:4] == b"\x89PNG"

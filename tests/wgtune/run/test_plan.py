@@ -169,3 +169,48 @@ def test_the_grid_lets_a_cell_repeat_configurations_only_when_it_says_so(tmp_pat
         settings = RunSettings.for_grid(grid, "x")
         [planned] = plan_cells(grid)
         assert search_plan(planned, settings.n_startup, settings.allow_repeats).allow_repeats is allowed
+
+
+def _record(run: str, config: dict[str, str], phase: str = "search", select: str = "", start: int = 0,
+            **metrics: float):
+    from wgtune.tracking.records import TrialRecord
+
+    return TrialRecord(run_id=run, cell_id="spurious_digits/resnet-10x0.25/erm/scratch", trial_id=run, run_name="",
+                       status="FINISHED", proposal="tpe", phase=phase, params={**config, "seed": run},
+                       metrics={f"best/{k}_acc": v for k, v in metrics.items()}, start_time_ms=start, end_time_ms=1,
+                       error=None, select=select)
+
+
+A = {"lr": "0.01", "weight_decay": "0.0001", "batch_size": "64", "optimizer": "sgd"}
+B = {"lr": "0.001", "weight_decay": "0.01", "batch_size": "32", "optimizer": "adamw"}
+
+
+def test_a_rules_launch_plans_final_seeds_only_where_its_choice_differs_and_no_search(tmp_path: Path) -> None:
+    from wgtune.tracking.summary import summarise
+
+    (tmp_path / "grid.yaml").write_text(GRID)
+    grid = load_grid(tmp_path / "grid.yaml")
+    [cell] = grid.cells()
+    search = [_record("A", A, start=1, val_worst=0.8, val_avg=0.85, test_worst=0.9),
+              _record("B", B, start=2, val_worst=0.6, val_avg=0.95, test_worst=0.5),
+              *(_record(f"x{i}", {**A, "lr": f"0.0{i + 2}"}, start=3 + i, val_worst=0.1, val_avg=0.1, test_worst=0.1)
+                for i in range(2))]
+    study_final = [_record("fA", A, "final")]
+
+    def plan(runs, select):
+        [planned] = plan_cells(grid, summarise(runs, {cell.id: "p"}), select)
+        return planned
+
+    by_avg = plan(search + study_final, "val_avg")
+    assert by_avg.final_params == {"lr": 0.001, "weight_decay": 0.01, "batch_size": 32, "optimizer": "adamw"}
+    assert (by_avg.budget.search_left, by_avg.budget.final_left, by_avg.select) == (0, 3, "val_avg")
+    # Seeds it re-trained count for it; the study's own budget ignores them, and the study's seeds count not for it.
+    retrained = [_record(f"fB{i}", B, "final", select="val_avg") for i in range(2)]
+    assert plan(search + study_final + retrained, "val_avg").budget.final_left == 1
+    assert plan(search + study_final + retrained, "val_worst").budget.final_left == 2
+    # The oracle chose A, as the study did: nothing to re-train, and it says why.
+    oracle = plan(search + study_final, "oracle_test_worst")
+    assert not oracle.budget.has_work and "study's own final seeds" in oracle.note and oracle.final_params is None
+    # A search still running: the rule's choice could still move, so nothing is re-trained yet.
+    early = plan(search[:3], "val_avg")
+    assert not early.budget.has_work and "search is not done (3 of 4" in early.note

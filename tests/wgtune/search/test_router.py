@@ -554,3 +554,29 @@ def test_with_a_size_prior_the_start_up_draws_from_it_then_tpe_searches_the_whol
     assert [s["proposal"] for s in out] == ["prior"] * 5
     inside = sum(prior.holds(s["params"]) for s in out)
     assert inside >= 2, "most start-up draws fall in the bands (a quarter per dimension comes from the full space)"
+
+
+def test_another_rules_final_seeds_retrain_its_given_choice_tagged_and_on_the_studys_seeds() -> None:
+    """`wgtune launch --select val_avg`: the plan hands the rule's choice (searched values read from MLflow); the
+    final seeds re-train it, not the TPE best, carry the rule, and are the study's seed sequence (a paired
+    comparison with the study's own final seeds)."""
+    history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.9), ({"lr": 1e-3, "x": 0.1, "opt": 1}, -0.5))
+    chosen = {"lr": 1e-3, "x": 0.1, "opt": "adam"}  # not the best by the study's metric (loss -0.9)
+    study = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=2), 1, observations=history)], metric="score")
+    rule = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=2), 1, observations=history,
+                                  final_params=chosen, rule="val_avg")], metric="score")
+
+    own = [study.suggest(f"s{i}") for i in range(2)]
+    other = [rule.suggest(f"r{i}") for i in range(2)]
+
+    assert all(f["params"] == {"lr": 1e-2, "x": 0.5, "opt": "sgd"} and "select" not in f for f in own)
+    assert all(f["params"] == chosen and f["select"] == "val_avg" and f["phase"] == "final" for f in other)
+    assert [f["seed"] for f in other] == [f["seed"] for f in own]
+    assert rule.suggest("r2") is None and len(rule.hyperopt_trials("a").trials) == 2, "no search, no TPE doc"
+
+
+def test_the_studys_final_phase_takes_the_earliest_of_tied_best_trials_as_the_report_does() -> None:
+    """One rule in one place (`tracking.selection.best_index`): the router and `select_trial` break ties alike."""
+    history = (({"lr": 1e-2, "x": 0.5, "opt": 0}, -0.8), ({"lr": 1e-3, "x": 0.1, "opt": 1}, -0.8))
+    router = CellRouter([SearchPlan("a", _space(), CellBudget(0, final=1), 1, observations=history)], metric="score")
+    assert router.suggest("f0")["params"] == {"lr": 1e-2, "x": 0.5, "opt": "sgd"}

@@ -254,3 +254,33 @@ def test_one_objective_runs_as_two_cells_under_two_names(tmp_path):
     # Overrides for the registered objective hold for both; the cells' own name comes after it.
     assert grid.space_overrides(cells[0]) == {"lr": 0.1}
     assert grid.space_overrides(cells[1]) == {"lr": 0.1, "batch_size": 128}
+
+
+def test_short_cell_labels_are_unique_over_every_registered_dataset_model_family_and_objective() -> None:
+    import itertools
+
+    from trainables.datasets import DATASETS
+    from trainables.objectives import OBJECTIVES
+    from wgtune.spec.grid import cell_short_label
+
+    models = ["resnet-18", "resnet-50", "resnet-18x0.5", "resnet-10x0.25", "vit-d6w256", "vit-base-p32"]
+    combos = list(itertools.product(DATASETS, models, OBJECTIVES, (False, True)))
+    labels = {cell_short_label(*c) for c in combos}
+    assert len(labels) == len(combos)
+    assert cell_short_label("waterbirds", "resnet-50", "groupdro", True) == "wb/r50/dro/pt"
+    assert all(len(label) <= 24 for label in labels)
+
+
+def test_a_grids_cells_have_short_labels_unique_within_the_grid(tmp_path: Path) -> None:
+    (tmp_path / "grid.yaml").write_text(textwrap.dedent("""
+        study: s
+        study_dir: out
+        datasets: [spurious_digits]
+        models: {resnet: [10x0.25, 10x0.5, 18x0.25], vit: [d2w64]}
+        objectives: [erm, groupdro, irm, ilc]
+        epochs: 1
+    """))
+    cells = load_grid(tmp_path / "grid.yaml").cells()
+    assert len({c.short_label for c in cells}) == len(cells) > 1
+    assert {c.short_label for c in cells if c.model == "resnet-10x0.25"} == {
+        "sd/r10x0.25/erm", "sd/r10x0.25/dro", "sd/r10x0.25/irm", "sd/r10x0.25/ilc"}

@@ -86,7 +86,7 @@ def test_experiment_and_parent_run_are_made_once_and_reused(study_dir: Path) -> 
     assert experiment.artifact_location in (artifact_root(study_dir), Path(artifact_root(study_dir)).as_uri())
     assert len(all_runs(client, first.experiment_id)) == 2
     run = client.get_run(parent)
-    assert run.info.run_name == "waterbirds · resnet-18 · groupdro"
+    assert run.info.run_name == "wb/r18/dro"  # short; the cell id is its wgtune.cell tag
     assert run.info.status == "RUNNING"
     assert {k: v for k, v in run.data.tags.items() if k.startswith("wgtune.")} == {
         "wgtune.kind": "cell", "wgtune.cell": "waterbirds/resnet-18/groupdro/scratch",
@@ -94,7 +94,7 @@ def test_experiment_and_parent_run_are_made_once_and_reused(study_dir: Path) -> 
         "wgtune.model": "resnet-18", "wgtune.n_params": "11200000", "wgtune.objective": "groupdro",
         "wgtune.pretrained": "false"}
     celeba = client.get_run(pretrained_parent)
-    assert celeba.info.run_name == "celeba · resnet-50 · erm · pretrained"
+    assert celeba.info.run_name == "celeba/r50/erm/pt"
     assert celeba.data.tags["wgtune.pretrained"] == "true"
 
 
@@ -140,7 +140,7 @@ def test_trials_record_params_full_histories_summary_status_and_parent(study_dir
     client = client_for(study_dir)
     run = client.get_run(good)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "waterbirds · resnet-18 · groupdro · trial 1"
+    assert run.info.run_name == "wb/r18/dro · t01"
     assert run.data.params == {"lr": "0.0123", "batch_size": "64", "objective_options.eta": "0.01",
                                "objective_options.step.size": "2", "max_tokens": "7",
                                "data_url": "http://***@host/x"}
@@ -157,7 +157,7 @@ def test_trials_record_params_full_histories_summary_status_and_parent(study_dir
 
     failed = client.get_run(bad)
     assert failed.info.status == "FAILED"
-    assert failed.info.run_name == "waterbirds · resnet-18 · groupdro · trial 2"
+    assert failed.info.run_name == "wb/r18/dro · t02"
     assert failed.data.tags["wgtune.phase"] == "seed"
     assert failed.data.tags["wgtune.error"].startswith("Traceback")
     assert len(failed.data.tags["wgtune.error"]) <= 5000
@@ -180,7 +180,7 @@ def test_a_known_trial_gets_its_run_back_even_after_a_restart(study_dir: Path) -
         second = relaunched.run_id(relaunched.start_trial(WATERBIRDS.cell_id, "t_00002", {"lr": 0.2}, "tpe"))
     client = client_for(study_dir)
     assert client.get_run(run_id).info.status == "RUNNING"
-    assert client.get_run(second).info.run_name.endswith("· trial 2")
+    assert client.get_run(second).info.run_name == "wb/r18/dro · t02"
     assert len(all_runs(client, relaunched.experiment_id)) == 3
 
 
@@ -335,7 +335,7 @@ def test_reading_pages_through_more_runs_than_one_page(study_dir: Path, monkeypa
     with tracker_for(study_dir, page_size=20) as relaunched:  # the resume index pages too
         relaunched.cell_run(WATERBIRDS)
         run_id = relaunched.run_id(relaunched.start_trial(WATERBIRDS.cell_id, "t045", {}, "tpe"))
-    assert client_for(study_dir).get_run(run_id).info.run_name.endswith("· trial 46")
+    assert client_for(study_dir).get_run(run_id).info.run_name == "wb/r18/dro · t46"
 
 
 # -- the writer --------------------------------------------------------------------------------
@@ -611,3 +611,27 @@ def test_a_resumed_trial_that_re_runs_logged_epochs_keeps_one_copy_of_each(study
         run_id = relaunched.run_id(handle)
     history = [(m.step, m.value) for m in client_for(study_dir).get_metric_history(run_id, "val/worst_acc")]
     assert sorted(history) == [(1, 0.1), (2, 0.2), (3, 0.301)]
+
+
+def test_run_names_number_search_trials_and_each_rules_final_seeds_apart_across_launches(study_dir: Path) -> None:
+    with tracker_for(study_dir) as tracker:
+        tracker.cell_run(WATERBIRDS)
+        first = [tracker.start_trial(WATERBIRDS.cell_id, "s1", {"lr": 1}, "tpe"),
+                 tracker.start_trial(WATERBIRDS.cell_id, "f1", {"lr": 1, "seed": 5}, "final", phase="final"),
+                 tracker.start_trial(WATERBIRDS.cell_id, "a1", {"lr": 2, "seed": 5}, "final", phase="final",
+                                     rule="val_avg")]
+        first = [tracker.run_id(h) for h in first]
+    with tracker_for(study_dir) as relaunched:
+        relaunched.cell_run(WATERBIRDS)
+        second = [relaunched.start_trial(WATERBIRDS.cell_id, "s2", {"lr": 3}, "tpe"),
+                  relaunched.start_trial(WATERBIRDS.cell_id, "f2", {"lr": 1, "seed": 6}, "final", phase="final"),
+                  relaunched.start_trial(WATERBIRDS.cell_id, "a2", {"lr": 2, "seed": 6}, "final", phase="final",
+                                         rule="val_avg")]
+        second = [relaunched.run_id(h) for h in second]
+    client = client_for(study_dir)
+    names = [client.get_run(r).info.run_name for r in first + second]
+    assert names == ["wb/r18/dro · t01", "wb/r18/dro · seed 1", "wb/r18/dro · seed 1 · val_avg",
+                     "wb/r18/dro · t02", "wb/r18/dro · seed 2", "wb/r18/dro · seed 2 · val_avg"]
+    tags = [client.get_run(r).data.tags for r in first + second]
+    assert [t.get("wgtune.select") for t in tags] == [None, None, "val_avg"] * 2
+    assert {t["wgtune.cell"] for t in tags} == {WATERBIRDS.cell_id}  # the full id stays in the tags
