@@ -129,18 +129,25 @@ def _error_fit(report: StudyReport) -> Figure:
     return fig
 
 
-def _search_curves(report: StudyReport) -> Figure:
-    """Expected best validation worst-group accuracy vs number of search trials, per cell (± sd band)."""
+def _dataset_panels(datasets: list[str], empty: str) -> tuple[Figure, Sequence[Axes]]:
+    """One panel per data set, side by side; with none, one panel saying `empty`."""
     from matplotlib.figure import Figure
 
-    rows = [r for r in report.rows if r.tuning is not None]
-    datasets = sorted({r.dataset for r in rows})
     fig = Figure(figsize=(max(5.5 * len(datasets), 7.0), 4.5), layout="constrained")
     axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
     if not datasets:
-        axes[0].text(0.5, 0.5, "no cell with ≥ 2 finished search trials yet", ha="center", va="center",
-                     transform=axes[0].transAxes)
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
+    return fig, axes
+
+
+def _search_curves(report: StudyReport) -> Figure:
+    """Expected best validation worst-group accuracy vs number of search trials, per cell (± sd band)."""
+
+    rows = [r for r in report.rows if r.tuning is not None]
+    datasets = sorted({r.dataset for r in rows})
+    fig, axes = _dataset_panels(datasets, "no cell with ≥ 2 finished search trials yet")
+    if not datasets:
         return fig
     for dataset, ax in zip(datasets, axes):
         for i, row in enumerate(r for r in rows if r.dataset == dataset):
@@ -169,17 +176,12 @@ def _search_curves(report: StudyReport) -> Figure:
 
 def _error_vs_compute(report: StudyReport) -> Figure:
     """Test worst-group error vs each cell's total compute (search and final seeds), one line per objective."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     lines = compute_lines(report.rows)
     datasets = sorted({line.dataset for line in lines})
-    fig = Figure(figsize=(max(5.5 * len(datasets), 7.0), 4.5), layout="constrained")
-    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
+    fig, axes = _dataset_panels(datasets, "no cell with a test result and a logged cost yet")
     if not datasets:
-        axes[0].text(0.5, 0.5, "no cell with a test result and a logged cost yet", ha="center", va="center",
-                     transform=axes[0].transAxes)
-        axes[0].set_axis_off()
         return fig
     objectives = sorted({line.objective for line in lines})
     for dataset, ax in zip(datasets, axes):
@@ -221,15 +223,11 @@ def _ci(value: float, interval: tuple[float, float] | None) -> str:
 
 def _panels(report: StudyReport) -> tuple[Figure, dict[str, Axes]]:
     """One panel per dataset with results; one empty, labelled panel when there are none yet."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     datasets = sorted({s.dataset for s in report.series})
-    fig = Figure(figsize=(max(5.5 * len(datasets), 7.0), 4.5), layout="constrained")
-    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
+    fig, axes = _dataset_panels(datasets, "no finished cells yet")
     if not datasets:
-        axes[0].text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=axes[0].transAxes)
-        axes[0].set_axis_off()
         return fig, {}
     panels = dict(zip(datasets, axes))
     for dataset, ax in panels.items():
