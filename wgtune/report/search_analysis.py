@@ -331,7 +331,7 @@ def search_markdown(analyses: Sequence[CellSearch]) -> str:
         best = f"{100 * top.value:.1f}" if top and top.value is not None else "–"
         found = f"{top.proposal or 'untagged'} (trial {top.index})" if top else "–"
         lines.append(f"| {a.label} | {len(complete)} | {len(a.history) - len(complete)} | {a.not_ended} | {best} | "
-                     f"{', '.join(f'{k} {n}' for k, n in kinds.items()) or '–'} | {found} |")
+                     f"{', '.join(f'{k} {n}' for k, n in sorted(kinds.items())) or '–'} | {found} |")
     lines += ["", "## Hyperparameter importance", ""]
     scored = [a for a in analyses if a.importance is not None]
     if scored:  # one row per cell, so shares can be compared across sizes
