@@ -268,6 +268,7 @@ def summary_lines(rows: Iterable[CellProgress], changed: Iterable[CellProgress],
     if not listed:
         return lines
     width = max(len(r.label) for r in listed[:max_cells])
+    lines.append(f"  {cell_header(width, spend)}")
     lines += [f"  {cell_line(r, width, spend)}" for r in listed[:max_cells]]
     if len(listed) > max_cells:
         lines.append(f"  … and {len(listed) - max_cells} more changed or failing cells")
