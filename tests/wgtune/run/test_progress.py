@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import random
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,3 +285,51 @@ def test_states_of_a_cell():
     assert row.state == DONE and row.best == 0.5
     row.failing = True
     assert row.state == FAILING
+
+
+def standin_trial(config: dict, cells: dict) -> None:
+    """No training: one epoch whose value depends on the learning rate (the router's stand-in trial)."""
+    from ray import tune
+
+    value = 0.5 + 0.1 * float(config["params"]["lr"])
+    tune.report({"epoch": 1.0, "val/worst_acc": value, "best/val_worst_acc": value, "best/epoch": 1.0})
+
+
+@pytest.mark.slow
+def test_a_launch_of_100_cells_logs_one_line_per_trial_summaries_and_every_cell_at_the_end(tmp_path):
+    """The real driver, router, tracker and Tune callbacks, with a stand-in trial, in log mode."""
+    import ray
+
+    from tests.wgtune.studies import planned_study
+    from wgtune.run.driver import RunSettings, run_experiment
+
+    names = {f"o{k}": ["erm", "groupdro"][k % 2] for k in range(10)}
+    (tmp_path / "grid.yaml").write_text(textwrap.dedent(f"""\
+        study: progress-launch
+        study_dir: study
+        datasets: [spurious_digits]
+        models: {{resnet: [10x0.25, 10x0.5, 12x0.25, 12x0.5, 14x0.25, 14x0.5, 18x0.25, 18x0.5, 26x0.25, 26x0.5]}}
+        objectives: {{{", ".join(f"{k}: {{objective: {v}}}" for k, v in names.items())}}}
+        epochs: 1
+        final_seeds: 0
+        search: {{num_samples: 1, max_concurrent: 2, n_startup: 1, max_failures: 0}}
+        resources: {{cpu: 1}}
+        """))
+    grid = load_grid(tmp_path / "grid.yaml")
+    tracker, cells = planned_study(grid)
+    assert len(cells) == 100
+    lines: list[str] = []
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        settings = RunSettings.for_grid(grid, "progress", progress="log", progress_every_s=5.0)
+        rows = run_experiment(cells, tracker, settings, lines.append, trial_fn=standin_trial)
+    finally:
+        ray.shutdown()
+        tracker.close()
+
+    trial_lines = [line for line in lines if re.match(r"\[1/1\] spurious_digits · ", line)]
+    assert len(trial_lines) == 100 and all(r.finished == 1 and r.state == DONE for r in rows.values())
+    summaries = [line for line in lines if line.startswith("[progress ")]
+    assert summaries and all(" · search " in line for line in summaries)
+    [table] = [line for line in lines if line.startswith("study finished")]
+    assert len(table.splitlines()) == 1 + 1 + 100 + 1 and table.splitlines()[-1].split()[1] == "100/100"
