@@ -18,11 +18,12 @@ treats the classifier's bias (see `trainables.objectives.masking`). Adding a kin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from trainables.registry import Registry
+
+if TYPE_CHECKING:  # imported where a batch is split: the kinds' names cost no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -42,31 +43,59 @@ class EnvironmentKind:
     description: str
 
 
+def _groups(g: torch.Tensor, n_classes: int) -> torch.Tensor:
+    return g
+
+
+def _group_counts(group_counts: torch.Tensor, n_classes: int, batch_size: int) -> torch.Tensor:
+    return group_counts.long()
+
+
+def _attribute(g: torch.Tensor, n_classes: int) -> torch.Tensor:
+    import torch
+
+    return torch.div(g, n_classes, rounding_mode="floor")
+
+
 def _attribute_counts(group_counts: torch.Tensor, n_classes: int, batch_size: int) -> torch.Tensor:
+    import torch
+
     del batch_size
     env = torch.arange(len(group_counts)) // n_classes
     return torch.zeros(int(env.max()) + 1, dtype=torch.long).index_add_(0, env, group_counts.long())
 
 
+def _examples(g: torch.Tensor, n_classes: int) -> torch.Tensor:
+    import torch
+
+    return torch.arange(len(g), device=g.device)
+
+
+def _example_counts(group_counts: torch.Tensor, n_classes: int, batch_size: int) -> torch.Tensor:
+    import torch
+
+    return torch.ones(batch_size, dtype=torch.long)
+
+
 ENVIRONMENTS: Registry[EnvironmentKind] = Registry("environments")
 ENVIRONMENTS.add("groups", EnvironmentKind(
     name="groups",
-    of_batch=lambda g, n_classes: g,
-    counts=lambda group_counts, n_classes, batch_size: group_counts.long(),
+    of_batch=_groups,
+    counts=_group_counts,
     label_pure=True,
     description="every (attribute, label) group is an environment",
 ))
 ENVIRONMENTS.add("attribute", EnvironmentKind(
     name="attribute",
-    of_batch=lambda g, n_classes: torch.div(g, n_classes, rounding_mode="floor"),
+    of_batch=_attribute,
     counts=_attribute_counts,
     label_pure=False,
     description="every value of the spurious attribute is an environment (both labels in each)",
 ))
 ENVIRONMENTS.add("examples", EnvironmentKind(
     name="examples",
-    of_batch=lambda g, n_classes: torch.arange(len(g), device=g.device),
-    counts=lambda group_counts, n_classes, batch_size: torch.ones(batch_size, dtype=torch.long),
+    of_batch=_examples,
+    counts=_example_counts,
     label_pure=True,
     description="every example of a batch is its own environment",
 ))

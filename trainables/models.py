@@ -306,13 +306,33 @@ class ModelSize:
     timm_names: tuple[str, ...]
     torchvision_name: str | None
     pretrained_image_size: int
-    pretrained_mean: tuple[float, float, float]
-    pretrained_std: tuple[float, float, float]
 
     @property
     def timm_name(self) -> str | None:
         """timm's model of this architecture at 224 px, whose default tag is the default weights."""
         return self.timm_names[0] if self.timm_names else None
+
+    @property
+    def pretrained_mean(self) -> tuple[float, float, float]:
+        """Input mean of the default weights: timm's pretrained cfg, else ImageNet's."""
+        return _default_normalisation(self.timm_name)[0]
+
+    @property
+    def pretrained_std(self) -> tuple[float, float, float]:
+        """Input std of the default weights: timm's pretrained cfg, else ImageNet's."""
+        return _default_normalisation(self.timm_name)[1]
+
+
+@functools.cache
+def _default_normalisation(timm_name: str | None) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of timm's default tag of `timm_name`, read on first use: timm imports torch, which naming,
+    validating and counting a grid's sizes never need."""
+    if timm_name is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name)
+    return (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else (IMAGENET_MEAN, IMAGENET_STD)  # type: ignore[return-value]
 
 
 @functools.cache
@@ -329,13 +349,6 @@ def resolve(model_id: str) -> ModelSize:
             f"Grammar: {family_name}-{family.grammar}. Ladder: {ladder}"
         ) from None
     timm_names = family.timm_names(arch)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if timm_names:
-        from timm.models import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(timm_names[0])
-        if cfg is not None:
-            mean, std = tuple(cfg.mean), tuple(cfg.std)
     canonical = family.canonical(arch)
     return ModelSize(
         id=f"{family_name}-{canonical}",
@@ -345,8 +358,6 @@ def resolve(model_id: str) -> ModelSize:
         timm_names=timm_names,
         torchvision_name=family.torchvision_name(arch),
         pretrained_image_size=PRETRAINED_IMAGE_SIZE,
-        pretrained_mean=mean,  # type: ignore[arg-type]
-        pretrained_std=std,  # type: ignore[arg-type]
     )
 
 

@@ -26,13 +26,14 @@ Adding a sampler is one `SAMPLERS.add` line.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from trainables.registry import Registry
 
-Sampler = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
+if TYPE_CHECKING:  # imported where an epoch is drawn: the samplers' names cost no torch
+    import torch
+
+Sampler = Callable[["torch.Tensor", int, "torch.Generator"], "torch.Tensor"]
 """`(groups, n_groups, generator) -> indices`: one epoch's order over a split with these group labels."""
 
 SAMPLERS: Registry[Sampler] = Registry("sampler")
@@ -40,6 +41,8 @@ SAMPLERS: Registry[Sampler] = Registry("sampler")
 
 def shuffle(groups: torch.Tensor, n_groups: int, generator: torch.Generator) -> torch.Tensor:
     """A uniformly random permutation: each example once per epoch."""
+    import torch
+
     del n_groups
     return torch.randperm(len(groups), generator=generator)
 
@@ -47,6 +50,8 @@ def shuffle(groups: torch.Tensor, n_groups: int, generator: torch.Generator) -> 
 def group_balanced(groups: torch.Tensor, n_groups: int, generator: torch.Generator) -> torch.Tensor:
     """`len(groups)` draws with replacement, each of a uniformly chosen present group, then of an
     example uniformly within it (WeightedRandomSampler's weights 1 / group count)."""
+    import torch
+
     groups = groups.to("cpu", torch.long)
     counts = torch.bincount(groups, minlength=n_groups).to(torch.float64)
     weights = (1.0 / counts)[groups]  # every example's group is present, so no division by 0 is used
@@ -68,5 +73,7 @@ def epoch_order(name: str, groups: torch.Tensor, n_groups: int, seed: int, epoch
 
     Unknown names raise `UnknownNameError` listing the registered samplers.
     """
+    import torch
+
     sampler = SAMPLERS.get(name)
     return sampler(groups, n_groups, torch.Generator().manual_seed(epoch_seed(seed, epoch)))

@@ -328,7 +328,7 @@ def test_the_digit_carries_the_label_but_erm_on_pixels_takes_the_colour_shortcut
     def stroke_intensity(split: Any) -> torch.Tensor:
         # Undo the painting: red = bg + I * (1 - bg). Colour-blind by construction.
         red = _denormalise(split.inputs)[:, 0]
-        background = BACKGROUNDS[split.g // 2][:, 0].view(-1, 1, 1)
+        background = torch.tensor(BACKGROUNDS)[split.g // 2][:, 0].view(-1, 1, 1)
         return ((red - background) / (1 - background)).flatten(1)
 
     # Measured (data seed 0, deterministic): the colour-blind linear reader's worst test group is

@@ -1,5 +1,9 @@
 """The registry and option merging every plug-in kind (data set, model family, objective) uses."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from trainables.options import OptionError, merge_options
@@ -39,3 +43,25 @@ def test_options_merge_over_defaults_and_reject_unknown_keys_and_types():
         merge_options("objective 'dro'", defaults, {"steps": 2.5})
     with pytest.raises(OptionError, match="option 'name' must be str"):
         merge_options("objective 'dro'", defaults, {"name": 3})
+
+
+def test_every_registry_and_its_declared_settings_are_read_without_torch():
+    # `wgtune status`, dry runs and grid validation read names, defaults and settings checks only;
+    # importing torch for them cost ~4 s a command (issue 16). Training still imports it, where it trains.
+    code = textwrap.dedent("""
+        import sys
+        from trainables.datasets import DATASETS
+        from trainables.environments import ENVIRONMENTS
+        from trainables.objectives import OBJECTIVES
+        from trainables.sampling import SAMPLERS
+        from trainables.setting import check_setting, resolve_setting
+        for name in OBJECTIVES:
+            resolve_setting(name)
+            data = DATASETS.get("waterbirds")
+            check_setting(name, options={}, n_classes=data.n_classes, n_groups=data.n_groups, batch_size=64)
+        assert len(DATASETS) and len(ENVIRONMENTS) and len(SAMPLERS)
+        print(sorted(m for m in ("torch", "torchvision", "timm") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert out.stdout.strip() == "[]"

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 
-import torch
-from torch.utils.data import Dataset
+if TYPE_CHECKING:  # imported where data is loaded: the registry's specs cost no torch
+    import torch
+    from torch.utils.data import Dataset
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -45,6 +46,8 @@ class GroupSplit:
 
     @property
     def in_memory(self) -> bool:
+        import torch
+
         return isinstance(self.inputs, torch.Tensor)
 
 
@@ -63,6 +66,8 @@ class GroupData:
         return len(self.group_names)
 
     def train_group_counts(self) -> torch.Tensor:
+        import torch
+
         return torch.bincount(self.train.g, minlength=self.n_groups)
 
 

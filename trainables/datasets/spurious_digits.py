@@ -14,28 +14,30 @@ boundary within each class (a higher fraction turns more minority examples into 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from trainables.datasets.base import DatasetSpec, GroupData, GroupSplit, Preprocessing
 from trainables.options import OptionError
+
+if TYPE_CHECKING:  # imported when the data set is built: its registration costs no torch
+    import torch
 
 NAME = "spurious_digits"
 DEFAULTS: Mapping[str, Any] = {"spurious_fraction": 0.95, "seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
 ATTRIBUTE_NAMES = ("blue", "orange")
 LABEL_NAMES = ("0-4", "5-9")
 # Background RGB per attribute, of similar luminance so that the cue is hue, not brightness.
-BACKGROUNDS = torch.tensor([[0.20, 0.50, 0.95], [0.95, 0.45, 0.10]])
-STROKE = torch.tensor([1.0, 1.0, 1.0])
+BACKGROUNDS = ((0.20, 0.50, 0.95), (0.95, 0.45, 0.10))
+STROKE = (1.0, 1.0, 1.0)
 # Each class needs both colours in val and test, so every split holds at least this many per class.
 MIN_PER_CLASS = 2
 
 
 def load_spurious_digits(root: Path | None, preprocessing: Preprocessing, options: Mapping[str, Any]) -> GroupData:
     """Build the three splits in memory as N×3×S×S float tensors, resized and normalised."""
+    import torch
     from sklearn.datasets import load_digits
 
     p, seed, val_fraction, test_fraction = _validated(options)
@@ -124,16 +126,19 @@ def _render(intensity: torch.Tensor, attribute: torch.Tensor, preprocessing: Pre
     Painting is affine in the intensity and bilinear weights sum to one, so resizing the one-channel
     intensity before painting gives the same image as resizing the painted one, at a third the work.
     """
+    import torch
+    import torch.nn.functional as F
+
     size = preprocessing.image_size
     x = intensity.unsqueeze(1)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
     x = x.clamp(0.0, 1.0)
-    background = BACKGROUNDS[attribute].view(-1, 3, 1, 1)
+    background = torch.tensor(BACKGROUNDS, dtype=torch.float32)[attribute].view(-1, 3, 1, 1)
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
     # In place after the one N×3×S×S allocation: at S=224 that tensor alone is ~1 GB.
-    image = x * (STROKE.view(1, 3, 1, 1) - background)
+    image = x * (torch.tensor(STROKE, dtype=torch.float32).view(1, 3, 1, 1) - background)
     return image.add_(background).sub_(mean).div_(std)
 
 

@@ -17,7 +17,6 @@ square and resized to 224 (at other image sizes, the same proportions). The orig
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import warnings
 from dataclasses import dataclass, field
@@ -25,15 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from trainables.datasets.base import DataNotFoundError, DatasetSpec, GroupData, GroupSplit, Preprocessing
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported when a data set loads: the specs (names, epochs, checks) cost none
+    import torch
     from PIL import Image
-
-    from trainables.datasets.cache import CacheSource
 
 WILDS_DOWNLOADS = "https://wilds.stanford.edu/downloads"
 SPLITS = ("train", "val", "test")
@@ -135,39 +131,6 @@ def wilds_dataset(
     )
 
 
-class WildsImages(Dataset[torch.Tensor]):
-    """One split's images: index -> one preprocessed image tensor, decoded on access."""
-
-    def __init__(self, dataset: Any, indices: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.dataset = dataset
-        self.indices = indices
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.dataset.get_input(int(self.indices[index])))
-
-    def cache_source(self, split: str) -> CacheSource:
-        """These images for the decoded cache: keyed by the wilds data set, version, folder, the
-        examples (indices and file names) and the geometric part of the transform."""
-        from trainables.datasets.cache import CacheSource, GeometricImages, decompose
-
-        geometric, mean, std = decompose(self.transform)
-        examples = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes())
-        files = getattr(self.dataset, "_input_array", None)  # file names, where wilds keeps them
-        if files is not None:
-            examples.update("\n".join(str(files[i]) for i in self.indices).encode())
-        key = {"dataset": self.dataset.dataset_name, "version": self.dataset.version,
-               "data_dir": str(Path(self.dataset.data_dir).resolve()), "split": split,
-               "count": len(self.indices), "examples": examples.hexdigest(), "preprocessing": repr(geometric)}
-        return CacheSource(key, GeometricImages(self._decode, len(self.indices), geometric), mean, std)
-
-    def _decode(self, index: int) -> Image.Image:
-        return self.dataset.get_input(int(self.indices[index]))
-
-
 def image_transform(
     preprocessing: Preprocessing, geometry: ImageGeometry | None = None, train_view: bool = False
 ) -> Callable[[Image.Image], torch.Tensor]:
@@ -182,6 +145,10 @@ def load_wilds(
     name: str, source: WildsSource, root: Path | None, preprocessing: Preprocessing, options: Mapping[str, Any]
 ) -> GroupData:
     """Load a WILDS data set as `GroupData`; raise `DataNotFoundError` before touching the disk if incomplete."""
+    import torch
+
+    from trainables.datasets.wilds_images import WildsImages
+
     cls, version = check_wilds(name, source, root)
     with warnings.catch_warnings():
         # wilds turns read-only pandas (copy-on-write) arrays into tensors; we copy what we keep.

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from trainables.objectives.base import Objective, Scale, Setting, SettingError, Step
 from trainables.objectives.erm import ERM
@@ -13,6 +11,9 @@ from trainables.objectives.ilc import ILC
 from trainables.objectives.irm import IRM
 from trainables.options import merge_options
 from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["OBJECTIVES", "Objective", "Scale", "Setting", "SettingError", "Step", "create_objective"]
 
@@ -31,6 +32,8 @@ def create_objective(
     Unknown names raise `UnknownNameError`; unknown options, wrongly typed or out-of-range
     values raise `OptionError` naming the option.
     """
+    import torch
+
     cls = OBJECTIVES.get(name)
     env_counts = torch.as_tensor(env_counts)
     if env_counts.dim() != 1 or len(env_counts) == 0:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, NamedTuple
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, NamedTuple
 
 from trainables.config import ConfigError
 
-Scale = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where an objective trains: its names and declared settings cost none
+    import torch
+    from torch import nn
+
+Scale = Callable[["torch.Tensor"], "torch.Tensor"]
 """Applied to a loss before backward: identity, or a CUDA AMP `GradScaler.scale`."""
 
 
@@ -88,6 +88,8 @@ class Objective(ABC):
         `env` holds each example's environment index in ``[0, n_envs)``. A statistic
         `reset_optimizer: 1.0` asks the loop to reset its optimizer state (IRM's anneal end).
         """
+        import torch.nn.functional as F
+
         logits = model(x)
         stats = self.backward_from(model, logits, y, env, scale)
         return Step(stats, F.cross_entropy(logits.detach().float(), y, reduction="none"))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
 from trainables.objectives.base import Objective, Scale
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class ERM(Objective):
@@ -30,6 +32,8 @@ class ERM(Objective):
         self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
     ) -> dict[str, float | torch.Tensor]:
         """Backpropagate the batch's mean cross-entropy."""
+        import torch.nn.functional as F
+
         del model, env
         loss = F.cross_entropy(logits, y)
         scale(loss).backward()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping
 
 from trainables.objectives.base import Objective, Scale
 from trainables.options import OptionError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class GroupDRO(Objective):
@@ -34,6 +34,8 @@ class GroupDRO(Objective):
     default_sampler = "group_balanced"
 
     def __init__(self, env_counts: torch.Tensor, params: Mapping[str, Any]) -> None:
+        import torch
+
         super().__init__(env_counts, params)
         self.eta = float(self.params["eta"])
         self.adjustment = float(self.params["adjustment"])
@@ -49,6 +51,9 @@ class GroupDRO(Objective):
         self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
     ) -> dict[str, float]:
         """Per-environment mean losses from the batch's per-example losses."""
+        import torch
+        import torch.nn.functional as F
+
         del model
         per_example = F.cross_entropy(logits, y, reduction="none")
         counts = torch.bincount(env, minlength=self.n_envs).to(per_example.dtype)
@@ -74,6 +79,8 @@ class GroupDRO(Objective):
         return {"q": self.q.detach().cpu().clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import torch
+
         q = torch.as_tensor(state["q"], dtype=torch.float32)
         if q.shape != (self.n_envs,):
             raise ValueError(f"groupdro state has q of shape {tuple(q.shape)}, expected ({self.n_envs},)")

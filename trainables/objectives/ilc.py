@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from trainables.objectives.base import Objective, Scale, Setting, SettingError
 from trainables.objectives.masking import MIN_HEAD_UPDATE_SHARE, head_update_probability, worst_case_agreement
 from trainables.options import OptionError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class ILC(Objective):
@@ -72,6 +72,9 @@ class ILC(Objective):
         self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor, scale: Scale
     ) -> dict[str, float]:
         """One backward pass per present environment on the batch's graph; leaves the masked mean in `.grad`."""
+        import torch
+        import torch.nn.functional as F
+
         params = [p for p in model.parameters() if p.requires_grad]
         per_example = F.cross_entropy(logits, y, reduction="none")
         present = torch.unique(env)  # sorted

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping
 
 from trainables.objectives.base import Objective, Scale
 from trainables.options import OptionError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class IRM(Objective):
@@ -99,6 +99,9 @@ def irm_risks(
     Vectorised over environments (no host synchronisation): one dummy scale per
     (environment, half) pair, so one `autograd.grad` call yields every half's gradient.
     """
+    import torch
+    import torch.nn.functional as F
+
     # Position of each example within its environment decides its half, as logits[::2] /
     # logits[1::2] of the environment's own minibatch do in DomainBed.
     rank = (F.one_hot(env, n_envs).cumsum(0) - 1).gather(1, env[:, None]).squeeze(1)

@@ -6,6 +6,7 @@ import argparse
 from typing import Callable
 
 from wgtune.commands.base import Command, add_study_arguments
+from wgtune.run.display import LOG_SUMMARY_EVERY_S, PROGRESS_MODES
 
 
 class LaunchCommand(Command):
@@ -23,8 +24,12 @@ class LaunchCommand(Command):
                             help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)")
         parser.add_argument("--dry-run", action="store_true",
                             help="print the cells, their spaces, budgets and resources; start nothing")
-        parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
-                            help="how often to print the per-cell table while running")
+        parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                            help="live: a view redrawn in place (the default on a terminal); log: one line per "
+                                 "trial and a compact summary now and then (the default otherwise)")
+        parser.add_argument("--progress-every", type=float, default=LOG_SUMMARY_EVERY_S, metavar="SECONDS",
+                            help="in log mode, the least time between two progress summaries (totals, plus the "
+                                 "cells that changed or fail); default %(default)g")
         from wgtune.tracking.selection import DEFAULT_RULE, SELECTION_RULES
 
         parser.add_argument("--select", default=DEFAULT_RULE, choices=tuple(SELECTION_RULES),
@@ -40,6 +45,7 @@ class LaunchCommand(Command):
         if args.dry_run:
             print(describe(grid, args.tracking_uri))
             return 0
-        options = LaunchOptions(args.tracking_uri, args.address, args.progress_every, select=args.select)
+        options = LaunchOptions(args.tracking_uri, args.address, args.progress_every, args.progress,
+                                select=args.select)
         launch(grid, options, trial_fn=self.trial_fn)
         return 0

@@ -8,10 +8,9 @@ are in `SESSIONS`, registered by the driver for as long as the experiment runs.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ray.tune import Callback
 
@@ -24,8 +23,9 @@ from trainables.metrics import (
     REPORTED_PREFIXES,
     SELECTION_METRIC,
 )
+from wgtune.run.display import StudyProgress
 from wgtune.run.plan import PlannedCell, trial_config
-from wgtune.run.progress import CellProgress, render
+from wgtune.run.progress import CellProgress
 from wgtune.tracking.records import (
     ATTEMPTS_TAG,
     DEVICE_TAG,
@@ -56,11 +56,14 @@ class Session:
     experiment (and unpickles them on restore), so they hold only this session's key."""
 
     tracker: StudyTracker
-    rows: dict[str, CellProgress]
-    print_line: Callable[[str], None]
-    every_s: float
+    progress: StudyProgress
+    """The cells' progress rows and the display they are shown on (`display.py`: live, or a log)."""
     cells: Mapping[str, PlannedCell] = field(default_factory=dict)
     """The planned cells, by id: a trial's whole config is logged from its cell's (`trial_config`)."""
+
+    @property
+    def rows(self) -> dict[str, CellProgress]:
+        return self.progress.rows
 
 
 SESSIONS: dict[str, Session] = {}
@@ -167,71 +170,40 @@ class TrackingCallback(_SessionCallback):
 
 
 class ProgressCallback(_SessionCallback):
-    """One line per finished trial, and the per-cell table every so often, instead of Ray's output."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self._last_table = time.monotonic()
+    """Tune's trial events -> `display.StudyProgress` (per-trial lines, the live view or the log's summaries),
+    instead of Ray's output."""
 
     @property
-    def rows(self) -> dict[str, CellProgress]:
-        return self.session.rows
-
-    def print_line(self, line: str) -> None:
-        self.session.print_line(line)
+    def progress(self) -> StudyProgress:
+        return self.session.progress
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        self.rows[trial.config["cell"]].running += 1
+        self.progress.started(trial.config["cell"])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        row = self.rows[trial.config["cell"]]
-        row.running -= 1
-        result = trial.last_result or {}
+        cell, result = trial.config["cell"], trial.last_result or {}
+        final = trial.config.get("phase") == PHASE_FINAL
         if DIVERGED in result:
-            row.failed += 1
-            if trial.config.get("phase") == PHASE_FINAL:
-                row.record_final()  # done: that seed's result (records.final_seed_done)
-                then = f"seed {trial.config[SEED_PARAM]} stays diverged (re-training it would diverge again)"
-            else:
-                then = "no more trials for this cell" if row.failing else "a new trial replaces it"
-            self.print_line(f"[diverged] {row.label}: trial {trial.trial_id}: {_last_line(result[DIVERGED])}; "
-                            f"not retried (it would diverge again from its checkpoint); {then}")
-            return
-        if trial.config.get("phase") == PHASE_FINAL:
-            row.record_final()
-            self.print_line(f"[final {row.final}/{row.budget.final}] {row.label}: seed {trial.config[SEED_PARAM]} "
-                            f"test worst-group {result.get(BEST_TEST_WORST, float('nan')):.3f}")
-            return
-        value = result.get(SELECTION_METRIC)
-        row.record(value)
-        shown = f"{value:.3f}" if value is not None else "n/a"
-        best = f" (best {row.best:.3f})" if row.best is not None else ""
-        self.print_line(f"[{row.finished}/{row.budget.search}] {row.label}: trial {trial.trial_id} val worst-group {shown}{best}")
+            self.progress.diverged(cell, trial.trial_id, _last_line(result[DIVERGED]),
+                                   final_seed=trial.config[SEED_PARAM] if final else None)
+        elif final:
+            self.progress.final_finished(cell, trial.config[SEED_PARAM], result.get(BEST_TEST_WORST, float("nan")))
+        else:
+            self.progress.finished(cell, trial.trial_id, result.get(SELECTION_METRIC))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        row = self.rows[trial.config["cell"]]
-        row.running -= 1  # back in Tune's queue; on_trial_start counts it again
         total = f"/{trial.max_failures + 1}" if trial.max_failures >= 0 else ""
-        self.print_line(f"[retrying] {row.label}: trial {trial.trial_id} failed: {_last_error(trial)}; "
-                        f"retrying from epoch {_resume_epoch(trial)} (attempt {trial.num_failures + 1}{total})")
+        self.progress.retrying(trial.config["cell"], trial.trial_id, _last_error(trial), _resume_epoch(trial),
+                               f"{trial.num_failures + 1}{total}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        row = self.rows[trial.config["cell"]]
-        row.running -= 1
-        row.failed += 1
-        # The router has already decided (Tune tells it before the callbacks): replace, or give up.
-        then = ("no more trials for this cell: as many of its trials failed as it had to run" if row.failing
-                else "a new trial replaces it")
-        attempts = f"{trial.num_failures} attempt{'s' if trial.num_failures != 1 else ''}"
-        self.print_line(f"[failed] {row.label}: trial {trial.trial_id} after {attempts}: {_last_error(trial)}; {then}")
+        self.progress.errored(trial.config["cell"], trial.trial_id, trial.num_failures, _last_error(trial))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self._last_table >= self.session.every_s:
-            self._last_table = time.monotonic()
-            self.print_line(render(self.rows.values()))
+        self.progress.tick()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.print_line(render(self.rows.values(), title="study finished"))
+        self.progress.close()
 
 
 _FAILURE_HEADER = re.compile(r"^(?=Failure # \d+ \(occurred at )", re.MULTILINE)

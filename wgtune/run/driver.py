@@ -21,6 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 from trainables.metrics import DEVICE_SECONDS, ELAPSED_SECONDS, SELECTION_METRIC
 from wgtune.run.callbacks import DIVERGED, SESSIONS, ProgressCallback, Session, TrackingCallback, cell_failing
 from wgtune.run.cluster import init_ray
+from wgtune.run.display import LOG_SUMMARY_EVERY_S, StudyProgress, make_display
 from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress
 from wgtune.search.router import CellRouter, SearchPlan
@@ -46,7 +47,10 @@ class RunSettings:
     n_startup: int
     allow_repeats: bool = False
     address: str | None = None
-    progress_every_s: float = 30.0
+    progress_every_s: float = LOG_SUMMARY_EVERY_S
+    """In a log, the least time between two progress summaries (`display.LogDisplay`)."""
+    progress: str = "auto"
+    """`display.PROGRESS_MODES`: a live view on a terminal, or event lines and summaries in a log."""
     restore: bool = False
 
     @classmethod
@@ -74,9 +78,10 @@ def run_experiment(
     """
     by_id = {c.cell.id: c for c in cells}
     init_ray(settings.address)
-    progress = {c.cell.id: CellProgress(c.cell.label, c.budget) for c in cells}
+    progress = {c.cell.id: CellProgress.of(c.cell, c.budget) for c in cells}
     key = _join(settings.storage, settings.name)
-    SESSIONS[key] = Session(tracker, progress, print_line, settings.progress_every_s, by_id)
+    display = make_display(settings.progress, progress, print_line, settings.progress_every_s, study=tracker.study)
+    SESSIONS[key] = Session(tracker, StudyProgress(progress, display), by_id)
     # A failed attempt is one [retrying]/[failed] line here and its traceback in the run's
     # error.txt; Tune would also print every traceback, dozens of lines each, among ours.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")

@@ -14,10 +14,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
+from wgtune.run.display import LOG_SUMMARY_EVERY_S
 from wgtune.run.plan import PlannedCell, cell_setting, fixed_settings, plan_cells
-from wgtune.run.progress import CellProgress, render
+from wgtune.run.progress import CellProgress, CellSpend, render, study_view
 from wgtune.search.priors import CellPriors, cell_priors
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid, expand_study_dir
@@ -50,7 +51,8 @@ class LaunchOptions:
 
     tracking_uri: str | None = None
     address: str | None = None
-    progress_every_s: float = 30.0
+    progress_every_s: float = LOG_SUMMARY_EVERY_S  # in a log: the least time between two progress summaries
+    progress: str = "auto"  # display.PROGRESS_MODES: live on a terminal, else per-trial lines and summaries
     store_wait_s: float = 120.0  # at the end, how long a tracking store that is away gets to come back
     select: str = DEFAULT_RULE
     """Another selection rule than the study's: re-train final seeds of its choice where it differs (no search)."""
@@ -74,7 +76,9 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
     check_study_dir(grid)  # before the tracking check: the default store lives in the study folder
     uri = resolve_tracking_uri(grid.study_dir, options.tracking_uri)
     check_tracking(uri)
-    from wgtune.run.cluster import check_ray  # Ray is imported only once the rest of the input is good
+    from wgtune.run.cluster import (
+        check_ray,  # Ray is imported only once the rest of the input is good
+    )
 
     check_ray(options.address)  # seconds, where ray.init would retry for minutes
     study_dir = expand_study_dir(grid)
@@ -237,14 +241,18 @@ def _plan_launch(grid: Grid, tracker: StudyTracker, print_line: Print, select: s
 def _run(grid: Grid, cells: list[PlannedCell], tracker: StudyTracker, experiment: Experiment,
          options: LaunchOptions, print_line: Print, trial_fn: Callable[..., None] | None = None) -> None:
     """Run (or restore) `experiment` until every cell's remaining work is done; record its completion."""
-    from wgtune.run.driver import RunSettings, run_experiment  # Ray is imported only when a study runs
+    from wgtune.run.driver import (  # Ray is imported only when a study runs
+        RunSettings,
+        run_experiment,
+    )
 
     if not experiment.restore:  # a new experiment: every cell it runs starts with a fresh failure cap
         tracker.clear_failing(c.cell.id for c in cells if c.budget.has_work)
     # A rule's re-training searches nothing: the priors.json of the search that ran stays the cell's.
     record_priors(tracker, cells, experiment.restore or options.select != DEFAULT_RULE)
     settings = RunSettings.for_grid(grid, experiment.name, storage=experiment.storage, restore=experiment.restore,
-                                    address=options.address, progress_every_s=options.progress_every_s)
+                                    address=options.address, progress_every_s=options.progress_every_s,
+                                    progress=options.progress)
     experiment.begin()
     run_experiment(cells, tracker, settings, print_line, trial_fn)
     experiment.complete()
@@ -330,13 +338,19 @@ def priors_report(grid: Grid, tracking_uri: str | None = None, cell_filter: str 
     return "\n".join(json.dumps(c.priors.describe(), indent=2) for c in chosen if c.priors is not None)
 
 
-def status(grid: Grid, tracking_uri: str | None = None) -> str:
-    """The per-cell table from MLflow alone (Ray is not started)."""
+def status(grid: Grid, tracking_uri: str | None = None, max_lines: int | None = 60,
+           spend: Mapping[str, CellSpend] | None = None) -> str:
+    """The launch's view of the study from MLflow alone (Ray is not started, torch not imported): in at most
+    `max_lines` lines (`progress.study_view`), or every cell (`progress.render`) with None. `spend`: the
+    compute accounting's spend and ETA per cell id (`progress.STUDY` for the study), shown when given."""
     uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
     with _existing_study(grid, tracking_uri) as tracker:
         rows = status_rows(grid, tracker)
         browse = browse_line(grid, tracker)
-    return render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})") + "\n" + browse
+    title = f"study {grid.spec.study} ({redact(uri)})"
+    if max_lines is None:
+        return render(rows.values(), title=title, spend=spend) + "\n" + browse
+    return "\n".join([title, *study_view(rows.values(), max_lines=max_lines, spend=spend), browse])
 
 
 @contextmanager
@@ -431,8 +445,8 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
     rows = {}
     for planned in plan_cells(grid, summaries):
         s = summaries.get(planned.cell.id)
-        rows[planned.cell.id] = CellProgress(
-            planned.cell.label, planned.budget,
+        rows[planned.cell.id] = CellProgress.of(
+            planned.cell, planned.budget,
             running=s.running if s else 0, failed=s.failed if s else 0, best=s.best_value if s else None,
             failing=planned.cell.id in failing)
     return rows
