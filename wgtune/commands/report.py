@@ -24,7 +24,7 @@ class ReportCommand(Command):
                                  "oracle_test_worst (a ceiling, not a result); recomputed from MLflow")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.run.study import report
+        from wgtune.run.reporting import report
         from wgtune.spec.grid import load_grid
 
         files = report(load_grid(args.grid), args.out, args.tracking_uri, args.select)

@@ -11,14 +11,14 @@ import fnmatch
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from wgtune.run.display import LOG_SUMMARY_EVERY_S
 from wgtune.run.plan import PlannedCell, cell_setting, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, CellSpend, render, study_view
+from wgtune.run.reporting import existing_study, log_cell_summaries
 from wgtune.search.priors import CellPriors, cell_priors
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid, expand_study_dir
@@ -32,7 +32,6 @@ from wgtune.tracking.store import (
     redact,
     resolve_tracking_uri,
     runs_view_url,
-    sqlite_path,
     ui_address,
 )
 from wgtune.tracking.summary import CellSummary
@@ -40,7 +39,7 @@ from wgtune.tracking.tracker import StudyTracker
 from wgtune.tracking.writer import TrackingWriteError
 
 if TYPE_CHECKING:
-    from wgtune.report.build import StudyReport
+    pass
 
 Print = Callable[[str], None]
 
@@ -330,7 +329,7 @@ def _curves(tracker: StudyTracker, priors: CellPriors, summary: CellSummary | No
 
 def priors_report(grid: Grid, tracking_uri: str | None = None, cell_filter: str | None = None) -> str:
     """What a launch would start each cell from (JSON per cell); starts nothing, writes nothing."""
-    with _existing_study(grid, tracking_uri) as tracker:
+    with existing_study(grid, tracking_uri) as tracker:
         cells = prepare(grid, tracker, register=False)
     chosen = [c for c in cells if cell_filter is None or fnmatch.fnmatchcase(c.cell.id, cell_filter)]
     if not chosen:
@@ -344,98 +343,13 @@ def status(grid: Grid, tracking_uri: str | None = None, max_lines: int | None = 
     `max_lines` lines (`progress.study_view`), or every cell (`progress.render`) with None. `spend`: the
     compute accounting's spend and ETA per cell id (`progress.STUDY` for the study), shown when given."""
     uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
-    with _existing_study(grid, tracking_uri) as tracker:
+    with existing_study(grid, tracking_uri) as tracker:
         rows = status_rows(grid, tracker)
         browse = browse_line(grid, tracker)
     title = f"study {grid.spec.study} ({redact(uri)})"
     if max_lines is None:
         return render(rows.values(), title=title, spend=spend) + "\n" + browse
     return "\n".join([title, *study_view(rows.values(), max_lines=max_lines, spend=spend), browse])
-
-
-@contextmanager
-def _existing_study(grid: Grid, tracking_uri: str | None) -> Iterator[StudyTracker]:
-    """The study's tracker for reading; looking at a study must not create its store or experiment."""
-    uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
-    db = sqlite_path(uri)
-    missing = UserError(f"study {grid.spec.study!r} has not been launched yet: no MLflow experiment of that "
-                        f"name in {redact(uri)} (run `wgtune launch --grid {grid.path}`)")
-    if db is not None and not db.exists():
-        raise missing
-    check_tracking(uri)
-    from mlflow import MlflowClient
-
-    if MlflowClient(uri).get_experiment_by_name(grid.spec.study) is None:
-        raise missing
-    with StudyTracker(uri, grid.spec.study) as tracker:
-        yield tracker
-
-
-def report(grid: Grid, out: Path | None = None, tracking_uri: str | None = None,
-           select: str | None = None) -> list[Path]:
-    """Tables and figures of the study from MLflow, written to `out` (default <study_dir>/report, or
-    report-<rule> for another selection rule than the study's) with each cell's search analysis in its
-    search/ folder, and logged on the study-level run "<study> · report"; under the study's rule each
-    cell's summary is logged on its parent run too. A partial study marks missing cells."""
-    from wgtune.report.build import build_report
-    from wgtune.report.figures import write_figures
-    from wgtune.report.tables import write_tables
-
-    select = select or DEFAULT_RULE
-    if select not in SELECTION_RULES:
-        raise UserError(f"--select {select!r} is not a selection rule; valid: {', '.join(SELECTION_RULES)}")
-    name = "report" if select == DEFAULT_RULE else f"report-{select}"
-    folder = out or grid.study_dir / name
-    with _existing_study(grid, tracking_uri) as tracker:
-        if select == DEFAULT_RULE:
-            built = log_cell_summaries(grid, tracker)
-        else:  # what another rule would have chosen: read only, the cells' runs keep the study's own choice
-            cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
-            built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()],
-                                 select=select)
-        folder.mkdir(parents=True, exist_ok=True)
-        files = write_tables(built, folder) + write_figures(built, folder)
-        files += selection_files(grid, tracker, built, select, folder)
-        tracker.log_study_files(f"{grid.spec.study} · report", files, name)
-        searched = search_analysis(grid, tracker, folder)
-        for sub in sorted({f.parent for f in searched}):  # MLflow's artifact folders mirror the report's
-            tracker.log_study_files(f"{grid.spec.study} · report", [f for f in searched if f.parent == sub],
-                                    f"{name}/{sub.relative_to(folder).as_posix()}")
-    return files + searched
-
-
-def search_analysis(grid: Grid, tracker: StudyTracker, folder: Path) -> list[Path]:
-    """Each cell's search analysis (`report.search_analysis`: history, importance, slices) from MLflow,
-    its logged params read against the cell's search space as the grid builds it now; under `folder`/search."""
-    from wgtune.report.search_analysis import analyse_search, write_search_analysis
-
-    plans = plan_cells(grid)
-    labels = {cell_id: CellRecord.from_tags(tags).run_name for cell_id, tags in tracker.cell_tags().items()}
-    labels.update({p.cell.id: p.cell.label for p in plans})
-    analyses = analyse_search(tracker.trial_runs(), {p.cell.id: p.space for p in plans}, labels)
-    return write_search_analysis(analyses, folder)
-
-
-def selection_files(grid: Grid, tracker: StudyTracker, built: StudyReport, select: str, folder: Path) -> list[Path]:
-    """`selection.md/.csv/.png`: the study under every selection rule side by side, from the same MLflow records
-    (`built`: the report already made under `select`)."""
-    from wgtune.report.selection import compare_rules, rule_reports, write_selection
-
-    cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
-    reports = rule_reports(cells, tracker.trial_runs(), [c.id for c in grid.cells()], known={select: built})
-    return write_selection(compare_rules(reports), folder)
-
-
-def log_cell_summaries(grid: Grid, tracker: StudyTracker, n_boot: int | None = None) -> StudyReport:
-    """The study's report from MLflow; each cell's summary (`report.build.cell_metrics`) is logged on its
-    parent run and the study's runs view saved on its experiment, so the MLflow UI shows them."""
-    from wgtune.report.build import build_report, cell_metrics
-
-    cells = [CellRecord.from_tags(tags) for tags in tracker.cell_tags().values()]
-    built = build_report(cells, tracker.trial_runs(), expected_cells=[c.id for c in grid.cells()], n_boot=n_boot)
-    tracker.log_cell_metrics({row.cell_id: cell_metrics(row) for row in built.rows})
-    tracker.publish_view()
-    return built
 
 
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:

@@ -212,7 +212,7 @@ def test_the_report_writes_and_logs_each_cells_search_analysis_from_mlflow(tmp_p
     monkeypatch.chdir(tmp_path)  # a sqlite store named alone keeps its artifacts in ./mlruns
     from mlflow import MlflowClient
 
-    from wgtune.run.study import report
+    from wgtune.run.reporting import report
     from wgtune.spec.grid import load_grid
     from wgtune.tracking.records import CellRecord
     from wgtune.tracking.tracker import StudyTracker

@@ -65,7 +65,7 @@ def test_the_report_recomputes_the_choice_from_mlflow_and_logs_the_study_choice_
     import pandas as pd
     from mlflow import MlflowClient
 
-    from wgtune.run.study import report
+    from wgtune.run.reporting import report
     from wgtune.spec.grid import load_grid
     from wgtune.tracking.records import (
         CELL_BEST_VAL_WORST,

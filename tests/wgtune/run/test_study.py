@@ -158,7 +158,7 @@ def test_final_seeds_retrain_the_chosen_config_and_the_report_matches_mlflow(tmp
     grid = load_grid(path)
     launch(grid, LaunchOptions(progress_every_s=3600), lambda _: None)
 
-    from wgtune.run.study import report
+    from wgtune.run.reporting import report
 
     files = report(grid)
     client, _, _, children = runs_of(path)
