@@ -24,6 +24,8 @@ class CellProgress:
     failing: bool = False
     """Too many of its trials failed in the last launch that ran it, which gave up on it (see their
     `wgtune.error`); the next launch tries it again with a fresh failure cap."""
+    allocation: str = ""
+    """Adaptive allocation's decision on the cell (`search.allocation.ACTIONS`); empty under fixed allocation."""
 
     finished: int = field(init=False)
     """Search trials finished: the budget's `search_done`, then counted on."""

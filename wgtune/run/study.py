@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from wgtune.run.allocation_view import allocation_lines, record_allocation
 from wgtune.run.plan import PlannedCell, cell_setting, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, render
 from wgtune.search.priors import CellPriors, cell_priors
@@ -109,6 +110,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                                "new experiment, warm-started from MLflow")
                     _run(grid, rerun, tracker, Experiment(grid, options.select), options, print_line, trial_fn)
         _summarise_cells(grid, tracker, print_line)
+        record_allocation(grid, tracker)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
         if not _written(tracker, options.store_wait_s, print_line):
@@ -336,7 +338,8 @@ def status(grid: Grid, tracking_uri: str | None = None) -> str:
     with _existing_study(grid, tracking_uri) as tracker:
         rows = status_rows(grid, tracker)
         browse = browse_line(grid, tracker)
-    return render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})") + "\n" + browse
+        allocation = allocation_lines(grid, tracker)
+    return "\n".join([render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})"), *allocation, browse])
 
 
 @contextmanager
@@ -434,7 +437,7 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
         rows[planned.cell.id] = CellProgress(
             planned.cell.label, planned.budget,
             running=s.running if s else 0, failed=s.failed if s else 0, best=s.best_value if s else None,
-            failing=planned.cell.id in failing)
+            failing=planned.cell.id in failing, allocation=planned.allocation.action if planned.allocation else "")
     return rows
 
 
