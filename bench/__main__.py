@@ -29,6 +29,7 @@ BENCHMARKS = (
     "orchestration_overhead",
     "tracking_overhead",
     "warm_start",
+    "allocation",
     "prior_coverage",
     "occupancy",
     "soak",

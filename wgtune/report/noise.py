@@ -7,7 +7,8 @@ search trials) re-trained on final seeds. Two things about the search decide how
   search trials): the expected maximum of k draws with replacement from the m observed values,
   computed exactly from order statistics, as Dodge et al. 2019 ("Show Your Work", EMNLP; code:
   dodgejesse/show_your_work, `expected_max_performance.samplemax`, whose mean and variance
-  `plot.py` draws) do: with the values sorted v_(1) ≤ … ≤ v_(m), P(max = v_(i)) = (i/m)^k − ((i−1)/m)^k.
+  `plot.py` draws) do: with the values sorted v_(1) ≤ … ≤ v_(m), P(max = v_(i)) = (i/m)^k − ((i−1)/m)^k
+  (`tracking/best_of_k.py`, shared with the search's adaptive allocation).
   "Search-limited" says the curve still rises at the budget beyond the point's noise: the last
   doubling of the budget (k = ⌈m/2⌉ → m) raised the expected best by more than the standard error
   of the cell's point over its final seeds (the error bar the curve shows), so another doubling
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+from wgtune.tracking.best_of_k import best_of_k, doubling_gain, max_probabilities
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,27 +74,6 @@ class TuningNoise(NamedTuple):
     rerun_test_high: float | None
 
 
-def _max_probabilities(m: int, k: int) -> np.ndarray:
-    """P(the maximum of k draws with replacement from m ranked items is the item of rank i), i = 1..m."""
-    import numpy as np
-
-    ranks = np.arange(1, m + 1) / m
-    return ranks**k - (ranks - 1 / m) ** k
-
-
-def best_of_k(values: Sequence[float], ks: Sequence[int]) -> list[tuple[float, float]]:
-    """(mean, std) of the best of k draws with replacement from `values`, for each k (exact)."""
-    import numpy as np
-
-    v = np.sort(np.asarray(values, dtype=float))
-    out = []
-    for k in ks:
-        p = _max_probabilities(v.size, int(k))
-        mean = float(p @ v)
-        out.append((mean, float(math.sqrt(max(float(p @ (v - mean) ** 2), 0.0)))))
-    return out
-
-
 def _order(val: Sequence[float]) -> list[int]:
     """Trial indices from the one a re-run would choose last to first: by value, the earliest highest on ties."""
     return sorted(range(len(val)), key=lambda i: (val[i], -i))
@@ -104,7 +86,7 @@ def rerun_choice(val: Sequence[float], test: Sequence[float], k: int | None = No
 
     order = _order(val)
     t = np.asarray([test[i] for i in order], dtype=float)
-    p = _max_probabilities(len(order), len(order) if k is None else k)
+    p = max_probabilities(len(order), len(order) if k is None else k)
     mean = float(p @ t)
     std = math.sqrt(max(float(p @ (t - mean) ** 2), 0.0))
     by_value = np.argsort(t, kind="stable")
@@ -120,7 +102,7 @@ def tuning_noise(samples: CellSamples) -> TuningNoise | None:
     if m < 2:
         return None
     curve = tuple(best_of_k(val, range(1, m + 1)))
-    gain = curve[-1][0] - curve[math.ceil(m / 2) - 1][0]
+    gain = doubling_gain(val, m)
     pairs = [(v, t) for v, t in zip(samples.search_val, samples.search_test) if math.isfinite(v) and math.isfinite(t)]
     rerun: tuple[float | None, ...] = (None,) * 4
     if len(pairs) >= 2:

@@ -26,6 +26,7 @@ from trainables.metrics import (
 from wgtune.run.display import StudyProgress
 from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress
+from wgtune.search.allocation import ALLOCATION_FILE
 from wgtune.tracking.records import (
     ATTEMPTS_TAG,
     DEVICE_TAG,
@@ -76,6 +77,13 @@ def cell_failing(key: str, cell: str, failures: int) -> None:
     if session is not None and cell in session.rows:
         session.rows[cell].failing = True
         session.tracker.mark_failing(cell, failures)
+
+
+def cell_allocation(key: str, cell: str, record: dict[str, Any]) -> None:
+    """Adaptive allocation ended `cell`'s search: log the decision and its reason on the cell's run."""
+    session = SESSIONS.get(key)
+    if session is not None:
+        session.tracker.log_cell_json(cell, ALLOCATION_FILE, record)
 
 
 class _SessionCallback(Callback):

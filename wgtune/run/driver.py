@@ -19,11 +19,20 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.search import ConcurrencyLimiter
 
 from trainables.metrics import DEVICE_SECONDS, ELAPSED_SECONDS, SELECTION_METRIC
-from wgtune.run.callbacks import DIVERGED, SESSIONS, ProgressCallback, Session, TrackingCallback, cell_failing
+from wgtune.run.callbacks import (
+    DIVERGED,
+    SESSIONS,
+    ProgressCallback,
+    Session,
+    TrackingCallback,
+    cell_allocation,
+    cell_failing,
+)
 from wgtune.run.cluster import init_ray
 from wgtune.run.display import LOG_SUMMARY_EVERY_S, StudyProgress, make_display
 from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress
+from wgtune.search.allocation import AllocationPolicy
 from wgtune.search.router import CellRouter, SearchPlan
 from wgtune.search.scheduler import make_scheduler
 from wgtune.spec.grid import derive_seed
@@ -52,6 +61,8 @@ class RunSettings:
     progress: str = "auto"
     """`display.PROGRESS_MODES`: a live view on a terminal, or event lines and summaries in a log."""
     restore: bool = False
+    allocation: AllocationPolicy | None = None
+    """Adaptive allocation of the study's search trials (`search/allocation.py`); None: fixed."""
 
     @classmethod
     def for_grid(cls, grid: Grid, name: str, **overrides: Any) -> RunSettings:
@@ -61,7 +72,7 @@ class RunSettings:
         settings = {"storage": grid.storage, "name": name, "max_concurrent": search.max_concurrent,
                     "scheduler": search.scheduler, "grace_period": search.grace_period,
                     "max_failures": search.max_failures, "n_startup": search.n_startup,
-                    "allow_repeats": search.allow_repeats}
+                    "allow_repeats": search.allow_repeats, "allocation": AllocationPolicy.of(search)}
         return cls(**{**settings, **overrides})
 
 
@@ -120,8 +131,12 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
     # ones starve until the small cells run dry (GPU occupancy 0.66-0.75 vs 0.91, bench/occupancy.py).
     biggest_first = sorted(cells, key=lambda c: (-c.resources.gpu, -c.resources.cpu))
     plans = [search_plan(c, settings.n_startup, settings.allow_repeats) for c in biggest_first if c.budget.has_work]
+    # The pool is shared by every cell: those with nothing left to run have spent their part of it.
+    allocation = settings.allocation and settings.allocation.less(
+        sum(c.budget.search_done for c in cells if not c.budget.has_work))
     router = CellRouter(plans, metric=SELECTION_METRIC, mode="max",
-                        on_give_up=functools.partial(cell_failing, key), failed_key=DIVERGED)
+                        on_give_up=functools.partial(cell_failing, key), failed_key=DIVERGED,
+                        allocation=allocation, on_allocation=functools.partial(cell_allocation, key))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -165,6 +180,7 @@ def search_plan(cell: PlannedCell, n_startup: int, allow_repeats: bool = False) 
         allow_repeats=allow_repeats,
         final_params=cell.final_params,
         rule=cell.select if cell.final_params is not None else "",
+        history_values=cell.search_values,
     )
 
 

@@ -7,9 +7,11 @@ the driver.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from wgtune.search.allocation import AllocationPolicy, CellState, Decision, decide
 from wgtune.search.budget import CellBudget
 from wgtune.search.priors import CellPriors
 from wgtune.spec.grid import Cell, Grid, GridError
@@ -38,6 +40,10 @@ class PlannedCell:
     (the study's rule leaves the choice to the router, over the search as it ends)."""
     note: str = ""
     """Why a cell has no work under another rule (its search is not done, or the rule chose as the study did)."""
+    search_values: tuple[float, ...] = ()
+    """Adaptive allocation: the values of the cell's finished search trials in MLflow (what it is judged by)."""
+    allocation: Decision | None = None
+    """Adaptive allocation's decision on the cell from MLflow (`allocate`); None under fixed allocation."""
 
 
 def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None,
@@ -67,8 +73,38 @@ def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None,
         # work: they neither count against its budget nor inform its search (search/priors.py).
         trained = summary.trained_as(fixed_settings(planned), space.searched_keys()) if summary else None
         planned = replace(planned, budget=cell_budget(grid, trained))
-        plans.append(planned if select == DEFAULT_RULE else rule_plan(grid, planned, trained, select))
-    return plans
+        if select != DEFAULT_RULE:
+            planned = rule_plan(grid, planned, trained, select)
+        elif trained is not None:
+            values = tuple(o.value for o in trained.observations if not o.failed and o.value is not None
+                           and math.isfinite(o.value))
+            planned = replace(planned, search_values=values)
+        plans.append(planned)
+    running = {c: s.running for c, s in history.items()}
+    return allocate(grid, plans, running) if select == DEFAULT_RULE else plans
+
+
+def allocate(grid: Grid, plans: list[PlannedCell], running: Mapping[str, int]) -> list[PlannedCell]:
+    """Under adaptive allocation (`search/allocation.py`), each cell's decision from what MLflow holds (`running`:
+    its search trials running), and a search the decision ended closed: its budget is what it has spent, so a
+    relaunch continues the allocation where it stood. Under fixed allocation, `plans` unchanged."""
+    policy = AllocationPolicy.of(grid.spec.search)
+    if policy is None:
+        return plans
+    if policy.study_trials < policy.floor * len(plans):
+        raise GridError(f"{grid.path}: search.study_trials: {policy.study_trials} cannot give each of the "
+                        f"{len(plans)} cells its floor of {policy.floor} trials: set at least "
+                        f"{policy.floor * len(plans)}, or lower search.min_trials")
+    states = {p.cell.id: CellState(p.budget.search_done + running.get(p.cell.id, 0), p.search_values,
+                                   running.get(p.cell.id, 0)) for p in plans}
+    decisions = decide(policy, states)
+    out = []
+    for p in plans:
+        d = decisions[p.cell.id]
+        if d.ends_search and not states[p.cell.id].running:
+            p = replace(p, budget=replace(p.budget, search=p.budget.search_done))
+        out.append(replace(p, allocation=d))
+    return out
 
 
 SETTING_DIMS = ("batch_size", "sampler", "environments")

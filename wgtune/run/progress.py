@@ -61,6 +61,8 @@ class CellProgress:
     group: str = ""
     """The cells' group in the view: data set · objective [· pretrained], one curve of the study."""
     model: str = ""
+    allocation: str = ""
+    """Adaptive allocation's decision on the cell (`search.allocation.ACTIONS`); empty under fixed allocation."""
 
     finished: int = field(init=False)
     """Search trials finished: the budget's `search_done`, then counted on."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from wgtune.run.allocation_view import allocation_lines, record_allocation
 from wgtune.run.display import LOG_SUMMARY_EVERY_S
 from wgtune.run.plan import PlannedCell, cell_setting, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, CellSpend, render, study_view
@@ -112,6 +113,7 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
                                "new experiment, warm-started from MLflow")
                     _run(grid, rerun, tracker, Experiment(grid, options.select), options, print_line, trial_fn)
         _summarise_cells(grid, tracker, print_line)
+        record_allocation(grid, tracker)
         for planned in cells:
             tracker.close_cell(planned.cell.id)
         if not _written(tracker, options.store_wait_s, print_line):
@@ -346,10 +348,11 @@ def status(grid: Grid, tracking_uri: str | None = None, max_lines: int | None = 
     with existing_study(grid, tracking_uri) as tracker:
         rows = status_rows(grid, tracker)
         browse = browse_line(grid, tracker)
+        allocation = allocation_lines(grid, tracker)
     title = f"study {grid.spec.study} ({redact(uri)})"
     if max_lines is None:
-        return render(rows.values(), title=title, spend=spend) + "\n" + browse
-    return "\n".join([title, *study_view(rows.values(), max_lines=max_lines, spend=spend), browse])
+        return "\n".join([render(rows.values(), title=title, spend=spend), *allocation, browse])
+    return "\n".join([title, *study_view(rows.values(), max_lines=max_lines, spend=spend), *allocation, browse])
 
 
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
@@ -362,7 +365,7 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
         rows[planned.cell.id] = CellProgress.of(
             planned.cell, planned.budget,
             running=s.running if s else 0, failed=s.failed if s else 0, best=s.best_value if s else None,
-            failing=planned.cell.id in failing)
+            failing=planned.cell.id in failing, allocation=planned.allocation.action if planned.allocation else "")
     return rows
 
 

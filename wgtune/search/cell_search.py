@@ -66,6 +66,9 @@ class SearchPlan:
     (`run.plan.rule_plan`, from MLflow); None: the study's rule, over the cell's Trials as its search ends."""
     rule: str = ""
     """The selection rule `final_params` are the choice of (its final trials carry it); empty: the study's."""
+    history_values: tuple[float, ...] = ()
+    """The values (higher is better: the negated loss) of the cell's finished search trials in MLflow: what adaptive
+    allocation (`search.allocation`) judges the cell by, with this experiment's own, as the plan did."""
 
     def __post_init__(self) -> None:
         if not self.cell:
@@ -127,6 +130,7 @@ class CellSearch:
         self.finals_running: set[str] = set()
         self.finals_failed: set[str] = set()
         self.finals_diverged: set[str] = set()  # done: the chosen config diverges on that seed, and would again
+        self.closed = ""  # adaptive allocation ended this cell's search (the decision's action)
         self.trials = Trials()
         self._check_points()
         docs = [self._doc(tid, vals) for tid, (vals, _) in enumerate(plan.observations)]
@@ -228,8 +232,20 @@ class CellSearch:
 
     @property
     def search_left(self) -> int:
-        """Search trials still to start: the budget less the started ones that have not failed."""
-        return max(self.plan.search_trials - (self.started - self.errors), 0)
+        """Search trials still to start: the budget less the started ones that have not failed; none once
+        adaptive allocation closed the search."""
+        return 0 if self.closed else max(self.plan.search_trials - (self.started - self.errors), 0)
+
+    @property
+    def spent(self) -> int:
+        """Search trials the cell has spent, earlier launches' included: finished, and running."""
+        return self.plan.budget.search_done + self.started - self.errors
+
+    def values(self) -> tuple[float, ...]:
+        """The finished search trials' values (higher is better: the negated loss), earlier launches' first."""
+        mine = [-d["result"]["loss"] for d in self.trials.trials
+                if "ray_trial_id" in d["misc"] and d["result"].get("status") == STATUS_OK]
+        return (*self.plan.history_values, *mine)
 
     @property
     def finals_left(self) -> int:

@@ -24,6 +24,7 @@ from hyperopt.base import JOB_STATE_DONE, Trials
 from hyperopt.utils import coarse_utcnow
 from ray.tune.search import Searcher
 
+from wgtune.search.allocation import FLOOR, AllocationPolicy, CellState, Decision, decide, pool_cell
 from wgtune.search.cell_search import TRIAL_ERROR, CellSearch, SearchPlan, result_doc
 from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, SELECT_KEY
 
@@ -45,6 +46,11 @@ class CellRouter(Searcher):
     trial whose last result holds `failed_key` failed as well: it ended itself on an error that
     retrying cannot fix (a diverged loss), so Tune saw no exception. Such a search trial is replaced;
     such a final-seed trial is that seed's result, and its seed is not re-trained.
+
+    With an `allocation` (adaptive allocation, `search/allocation.py`), a cell's search trials beyond its
+    floor are granted from the study's pool by expected gain, and a cell's search ends when its decision
+    says so (plateaued, pool spent, cap) and none of its search trials runs; `on_allocation(cell, record)`
+    is told each such end with its reason (a module-level function or a partial of one, like `on_give_up`).
     """
 
     def __init__(
@@ -55,6 +61,8 @@ class CellRouter(Searcher):
         max_running_per_cell: int | None = None,
         on_give_up: Callable[[str, int], None] | None = None,
         failed_key: str | None = None,
+        allocation: AllocationPolicy | None = None,
+        on_allocation: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         if not metric or mode not in ("min", "max"):
             raise ValueError("CellRouter needs a metric name and mode 'min' or 'max'")
@@ -68,6 +76,9 @@ class CellRouter(Searcher):
         self.max_running_per_cell = max_running_per_cell
         self.on_give_up = on_give_up
         self.failed_key = failed_key
+        self.allocation = allocation
+        self.on_allocation = on_allocation
+        self.decisions: dict[str, Decision] = {}  # adaptive allocation's latest word on each cell
         self._cells = {p.cell: CellSearch(p) for p in plans}
         self._index()
 
@@ -96,10 +107,12 @@ class CellRouter(Searcher):
         a search trial, or, once its search is spent and settled, a final-seed trial.
         FINISHED when every cell's work is done or given up; None while some wait, running
         trials included: Tune asks nothing more after FINISHED, and one may fail and need a replacement."""
+        allowed = self._allocate() if self.allocation is not None else None
         busy = [c for c in self._cells.values() if c.has_work()]
         if not busy:
             return Searcher.FINISHED
-        ready = [c for c in busy if c.can_search(self.max_running_per_cell) or c.final_ready()]
+        ready = [c for c in busy if (c.can_search(self.max_running_per_cell)
+                                     and (allowed is None or c.plan.cell in allowed)) or c.final_ready()]
         if not ready:
             return None
         cell = min(ready, key=lambda c: c.work_started)  # min keeps the first: plan order on ties
@@ -113,6 +126,30 @@ class CellRouter(Searcher):
         self._trial_cell[trial_id] = (cell.plan.cell, doc["tid"])
         return {"cell": cell.plan.cell, "params": cell.params(doc["misc"]), "proposal": proposal,
                 SEED_PARAM: cell.training_seed(doc["tid"])}
+
+    def _allocate(self) -> set[str]:
+        """Adaptive allocation: end the search of every cell whose decision ends it (none of its search trials
+        running), and return the cells that may start a search trial now: those below their floor, and the
+        rising cell with the largest expected gain of one more trial."""
+        assert self.allocation is not None
+        gave_up = [c for c in self._cells.values() if c.gave_up]
+        self.decisions = decide(self.allocation.less(sum(c.spent for c in gave_up)), self.allocation_states())
+        for name, decision in self.decisions.items():
+            cell = self._cells[name]
+            if decision.ends_search and not cell.running and not cell.closed and cell.search_left:
+                cell.closed = decision.action
+                if self.on_allocation is not None:
+                    self.on_allocation(name, decision.record())
+        can = {name: self._cells[name].can_search(self.max_running_per_cell) for name in self.decisions}
+        floors = {name for name, d in self.decisions.items() if d.action == FLOOR and can[name]}
+        best = pool_cell(self.decisions, can)
+        return floors | ({best} if best is not None else set())
+
+    def allocation_states(self) -> dict[str, CellState]:
+        """What adaptive allocation reads of each cell that has not given up: search trials spent (earlier
+        launches' included), its finished values (higher is better), its running search trials."""
+        return {name: CellState(c.spent, c.values(), len(c.running))
+                for name, c in self._cells.items() if not c.gave_up}
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -200,6 +237,7 @@ class CellRouter(Searcher):
                     "finals_running": sorted(cell.finals_running),
                     "finals_failed": sorted(cell.finals_failed),
                     "finals_diverged": sorted(cell.finals_diverged),
+                    "closed": cell.closed,
                 }
                 for name, cell in self._cells.items()
             },
@@ -227,6 +265,7 @@ class CellRouter(Searcher):
             cell.finals_running = set(saved[name].get("finals_running", ()))
             cell.finals_failed = set(saved[name].get("finals_failed", ()))
             cell.finals_diverged = set(saved[name].get("finals_diverged", ()))
+            cell.closed = saved[name].get("closed", "")
         self._index()
 
     def save(self, checkpoint_path: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from trainables.registry import did_you_mean
 
@@ -35,6 +35,29 @@ class SearchSettings(_Strict):
     allow_repeats: bool = Field(False, description=(
         "a search trial may repeat a configuration the cell has tried (its history included); by default it is "
         "drawn again: a repeat is a wasted trial unless you want seed-to-seed spread of one configuration"))
+    allocation: Literal["fixed", "adaptive"] = Field("fixed", description=(
+        "fixed: every cell gets num_samples trials; adaptive: the study's study_trials go to the cells whose best "
+        "still rises, each cell keeps a floor and stops when it plateaus, num_samples is each cell's cap "
+        "(wgtune/search/allocation.py)"))
+    study_trials: int | None = Field(None, ge=1, validate_default=True, description=(
+        "adaptive: search trials of the whole study, floors included (required under adaptive)"))
+    min_trials: int | None = Field(None, ge=1, validate_default=True, description=(
+        "adaptive: each cell's floor of search trials (default: n_startup + 3 TPE trials)"))
+    plateau_gain: float | None = Field(None, ge=0, validate_default=True, description=(
+        "adaptive: a cell whose last doubling of trials raised its expected best by less than this stops "
+        "(default: PLATEAU_GAIN of wgtune/search/allocation.py, half a point)"))
+
+    @field_validator("study_trials", "min_trials", "plateau_gain")
+    @classmethod
+    def _adaptive_only(cls, value: Any, info: ValidationInfo) -> Any:
+        adaptive = info.data.get("allocation") == "adaptive"
+        if info.field_name == "study_trials" and adaptive and value is None:
+            raise ValueError("required under allocation: adaptive (the study's search trials in all, floors included)")
+        if value is not None and not adaptive:
+            raise ValueError("only under allocation: adaptive (set search.allocation: adaptive, or remove this key)")
+        if info.field_name == "min_trials" and value is not None and value > info.data.get("num_samples", value):
+            raise ValueError(f"a cell's floor cannot pass its cap, search.num_samples ({info.data['num_samples']})")
+        return value
 
 
 class ResourceSpec(_Strict):
