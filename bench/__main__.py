@@ -32,6 +32,7 @@ BENCHMARKS = (
     "allocation",
     "prior_coverage",
     "occupancy",
+    "status_time",
     "soak",
 )
 
