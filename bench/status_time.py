@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [f"| {name} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} | {lines[name]} | "
             f"{heavy[name][0]} |" for name, t in times.items()]
     text = "\n".join([
-        f"## status time ({dt.date.today().isoformat()})",
-        "",
-        f"Machine: {machine()}",
+        f"Measured {dt.date.today().isoformat()} on {machine()}.",
         f"Study: {args.cells} cells in a SQLite MLflow store, {runs} trial runs "
         f"({'reused from ' + str(args.study) if built_s < 1 else f'built in {built_s:.0f} s'}); "
         f"`wgtune status --grid`, a fresh process each, {args.reps} reps" + (", interleaved" if args.old else ""),
