@@ -438,28 +438,6 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
     return rows
 
 
-def describe(grid: Grid, tracking_uri: str | None = None) -> str:
-    """What a launch would do (cells, spaces, budgets, resources, where results go); starts nothing."""
-    cells = plan_cells(grid)
-    study_dir = grid.study_dir
-    uri = resolve_tracking_uri(study_dir, tracking_uri)
-    search = grid.spec.search
-    lines = [
-        _headline(grid, cells, uri, study_dir),
-        f"per cell: {search.num_samples} trials, TPE after {search.n_startup} random; "
-        f"{search.max_concurrent} trials at once in the study; scheduler {search.scheduler}; "
-        f"retries {search.max_failures}; then the chosen config on {grid.spec.final_seeds} final seeds",
-    ]
-    for planned in cells:
-        r = planned.resources
-        lines.append(f"\n{planned.cell.label}  [{planned.cell.id}]")
-        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget.search} search trials "
-                     f"of {planned.base_config['epochs']} epochs, augment {planned.base_config['augment']}")
-        lines.append("  trains " + ", ".join(f"{k} {v}" for k, v in cell_setting(planned).items()))
-        lines.extend(f"  {line}" for line in planned.space.describe())
-    return "\n".join(lines)
-
-
 def cell_record(planned: PlannedCell) -> CellRecord:
     """What the tracking store records about a cell, with its parameter count at the input size
     and class count the cell trains with (a ViT's position embedding depends on the size)."""
