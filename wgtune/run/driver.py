@@ -23,6 +23,7 @@ from wgtune.run.callbacks import DIVERGED, SESSIONS, ProgressCallback, Session, 
 from wgtune.run.cluster import init_ray
 from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress
+from wgtune.search.ceiling import CeilingLedger
 from wgtune.search.router import CellRouter, SearchPlan
 from wgtune.search.scheduler import make_scheduler
 from wgtune.spec.grid import derive_seed
@@ -115,8 +116,10 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
     # ones starve until the small cells run dry (GPU occupancy 0.66-0.75 vs 0.91, bench/occupancy.py).
     biggest_first = sorted(cells, key=lambda c: (-c.resources.gpu, -c.resources.cpu))
     plans = [search_plan(c, settings.n_startup, settings.allow_repeats) for c in biggest_first if c.budget.has_work]
+    ceilings = {c.cell.id: c.ceiling for c in cells if c.ceiling is not None}
     router = CellRouter(plans, metric=SELECTION_METRIC, mode="max",
-                        on_give_up=functools.partial(cell_failing, key), failed_key=DIVERGED)
+                        on_give_up=functools.partial(cell_failing, key), failed_key=DIVERGED,
+                        ceiling=CeilingLedger(ceilings) if ceilings else None)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

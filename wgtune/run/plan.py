@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from wgtune.search.budget import CellBudget
+from wgtune.search.ceiling import CellCeiling
 from wgtune.search.priors import CellPriors
 from wgtune.spec.grid import Cell, Grid, GridError
 from wgtune.spec.schema import ResourceSpec
@@ -38,6 +39,8 @@ class PlannedCell:
     (the study's rule leaves the choice to the router, over the search as it ends)."""
     note: str = ""
     """Why a cell has no work under another rule (its search is not done, or the rule chose as the study did)."""
+    ceiling: CellCeiling | None = None
+    """Its compute limits and what it has spent (grid `budget:`; `run/ceilings.py`); None: no limit."""
 
 
 def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from wgtune.run.ceilings import ceiling_lines, has_ceilings, with_ceilings
 from wgtune.run.plan import PlannedCell, cell_setting, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, render
 from wgtune.search.priors import CellPriors, cell_priors
@@ -308,7 +309,7 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True, select: st
         planned.append(replace(c, priors=priors))
         if register:
             tracker.cell_run(records[c.cell.id])
-    return planned
+    return with_ceilings(grid, planned, tracker.trial_runs() if has_ceilings(grid) else [], n_params)
 
 
 def _curves(tracker: StudyTracker, priors: CellPriors, summary: CellSummary | None) -> dict[str, tuple]:
@@ -336,7 +337,8 @@ def status(grid: Grid, tracking_uri: str | None = None) -> str:
     with _existing_study(grid, tracking_uri) as tracker:
         rows = status_rows(grid, tracker)
         browse = browse_line(grid, tracker)
-    return render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})") + "\n" + browse
+        ceilings = ceiling_lines(grid, tracker.trial_runs() if has_ceilings(grid) else [])
+    return "\n".join([render(rows.values(), title=f"study {grid.spec.study} ({redact(uri)})"), *ceilings, browse])
 
 
 @contextmanager

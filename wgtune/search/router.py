@@ -24,11 +24,14 @@ from hyperopt.base import JOB_STATE_DONE, Trials
 from hyperopt.utils import coarse_utcnow
 from ray.tune.search import Searcher
 
+from trainables.metrics import DEVICE_SECONDS
 from wgtune.search.cell_search import TRIAL_ERROR, CellSearch, SearchPlan, result_doc
 from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, SELECT_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from wgtune.search.ceiling import CeilingLedger
 
 __all__ = ["CellRouter", "SearchPlan"]
 
@@ -45,6 +48,8 @@ class CellRouter(Searcher):
     trial whose last result holds `failed_key` failed as well: it ended itself on an error that
     retrying cannot fix (a diverged loss), so Tune saw no exception. Such a search trial is replaced;
     such a final-seed trial is that seed's result, and its seed is not re-trained.
+    `ceiling`, if given, holds each cell's compute limits: a cell it refuses proposes nothing more
+    (`search/ceiling.py`), and its running trials finish.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class CellRouter(Searcher):
         max_running_per_cell: int | None = None,
         on_give_up: Callable[[str, int], None] | None = None,
         failed_key: str | None = None,
+        ceiling: CeilingLedger | None = None,
     ) -> None:
         if not metric or mode not in ("min", "max"):
             raise ValueError("CellRouter needs a metric name and mode 'min' or 'max'")
@@ -68,6 +74,7 @@ class CellRouter(Searcher):
         self.max_running_per_cell = max_running_per_cell
         self.on_give_up = on_give_up
         self.failed_key = failed_key
+        self.ceiling = ceiling
         self._cells = {p.cell: CellSearch(p) for p in plans}
         self._index()
 
@@ -96,13 +103,15 @@ class CellRouter(Searcher):
         a search trial, or, once its search is spent and settled, a final-seed trial.
         FINISHED when every cell's work is done or given up; None while some wait, running
         trials included: Tune asks nothing more after FINISHED, and one may fail and need a replacement."""
-        busy = [c for c in self._cells.values() if c.has_work()]
+        busy = [c for c in self._cells.values() if c.has_work() and (self._open(c) or c.running or c.finals_running)]
         if not busy:
             return Searcher.FINISHED
-        ready = [c for c in busy if c.can_search(self.max_running_per_cell) or c.final_ready()]
+        ready = [c for c in busy if self._open(c) and (c.can_search(self.max_running_per_cell) or c.final_ready())]
         if not ready:
             return None
         cell = min(ready, key=lambda c: c.work_started)  # min keeps the first: plan order on ties
+        if self.ceiling is not None:
+            self.ceiling.start(trial_id, cell.plan.cell, final=cell.search_left == 0)
         if cell.search_left == 0:
             final = cell.propose_final(trial_id)
             self._trial_cell[trial_id] = (cell.plan.cell, None)
@@ -124,6 +133,8 @@ class CellRouter(Searcher):
             return
         name, tid = self._trial_cell[trial_id]
         cell = self._cells[name]
+        if self.ceiling is not None:
+            self.ceiling.finish(trial_id, (result or {}).get(DEVICE_SECONDS))
         gave_up = cell.gave_up
         failed_itself = bool(self.failed_key and result and result.get(self.failed_key))
         if tid is None:  # a final-seed trial: it evaluates the chosen config, it informs no TPE
@@ -153,6 +164,10 @@ class CellRouter(Searcher):
         cell.running.discard(trial_id)
         cell.trials.refresh()
         cell.count_errors()
+
+    def _open(self, cell: CellSearch) -> bool:
+        """Whether the cell's next trial stays within its compute ceilings (none: always)."""
+        return self.ceiling is None or self.ceiling.allows(cell.plan.cell, final=cell.search_left == 0)
 
     def cell_of(self, trial_id: str) -> str:
         """The cell a suggested trial belongs to."""
@@ -203,6 +218,7 @@ class CellRouter(Searcher):
                 }
                 for name, cell in self._cells.items()
             },
+            **({"ceiling": self.ceiling.get_state()} if self.ceiling is not None else {}),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -227,6 +243,8 @@ class CellRouter(Searcher):
             cell.finals_running = set(saved[name].get("finals_running", ()))
             cell.finals_failed = set(saved[name].get("finals_failed", ()))
             cell.finals_diverged = set(saved[name].get("finals_diverged", ()))
+        if self.ceiling is not None and "ceiling" in state:
+            self.ceiling.set_state(state["ceiling"])
         self._index()
 
     def save(self, checkpoint_path: str) -> None:
