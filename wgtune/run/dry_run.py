@@ -48,7 +48,12 @@ def describe(grid: Grid, tracking_uri: str | None = None, calibrate: bool = Fals
         lines.append("  trains " + ", ".join(f"{k} {v}" for k, v in cell_setting(planned).items()))
         lines.extend(f"  {line}" for line in planned.space.describe())
         lines.append(f"  {cell_line(estimates[planned.cell.id])}")
-    return "\n".join(lines + [""] + estimate_lines(list(estimates.values())))
+    budget = grid.spec.budget
+    limits = [f"{name} {hours:g} device-hours" for name, hours in (("per cell", budget.cell_device_hours),
+                                                                    ("per study and unit", budget.study_device_hours))
+              if hours is not None]
+    ceilings = [f"ceilings (grid budget:): {', '.join(limits)}; no trial starts that would pass one"] if limits else []
+    return "\n".join(lines + [""] + estimate_lines(list(estimates.values())) + ceilings)
 
 
 def _stored(grid: Grid, tracking_uri: str | None) -> tuple[list, dict[str, CellSummary]]:

@@ -86,6 +86,8 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
         _recover(tracker, print_line)
         cells = _plan_launch(grid, tracker, print_line, options.select)
         print_line(_headline(grid, cells, uri, study_dir))
+        for line in ceiling_lines(grid, tracker.trial_runs() if has_ceilings(grid) else []):
+            print_line(line)  # what the ceilings leave: the router proposes nothing past them
         for planned in cells:
             if planned.note:  # under another rule: why a cell re-trains nothing
                 print_line(f"{planned.cell.label}: nothing to re-train under {options.select}: {planned.note}")
