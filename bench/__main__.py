@@ -31,6 +31,7 @@ BENCHMARKS = (
     "warm_start",
     "prior_coverage",
     "occupancy",
+    "estimate_accuracy",
     "soak",
 )
 
