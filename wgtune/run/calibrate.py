@@ -77,9 +77,9 @@ def calibrate(plans: Sequence[PlannedCell], print_line: Callable[[str], None] = 
             with tempfile.TemporaryDirectory(prefix="wgtune-calibrate-") as workdir:
                 train(config, lambda metrics, _: clock.append(metrics[ELAPSED_SECONDS]), workdir=workdir)
             epoch_s = max(clock[1] - clock[0], 0.0)
-            out[plan.cell.id] = CalibratedTrial(max(clock[0] - epoch_s, 0.0), epoch_s, int(plan.base_config["epochs"]))
-            print_line(f"calibrated {plan.cell.label}: {epoch_s:.3g} s per epoch, "
-                       f"{clock[0] - epoch_s:.3g} s set-up")
+            timing = CalibratedTrial(max(clock[0] - epoch_s, 0.0), epoch_s, int(plan.base_config["epochs"]))
+            out[plan.cell.id] = timing
+            print_line(f"calibrated {plan.cell.label}: {epoch_s:.3g} s per epoch, {timing.setup_s:.3g} s set-up")
     finally:
         torch.set_num_threads(threads)
     return out

@@ -58,6 +58,11 @@ def test_a_study_stopped_by_its_ceiling_continues_within_what_is_left_and_after_
     # 0.35 h: three trials of 0.1 h fit (the second cell's cost is unknown until one of its trials ends).
     grid, first = launch_with(tmp_path, 0.35, "l1")
     assert len(first.runs) == 3
+    from wgtune.run.dry_run import describe
+
+    dry = describe(grid)  # the study exists: each cell's expected cost comes from its own trials
+    assert dry.count("from own trials") == 2 and "ceilings (grid budget:)" in dry
+    assert "search 1 × 0.1, final 1 × 0.1" in dry or "search 2 × 0.1, final 1 × 0.1" in dry
     # Same limit again: 0.05 h left, a trial is expected to cost 0.1 h: nothing runs.
     _, again = launch_with(tmp_path, 0.35, "l2")
     assert len(again.runs) == 3
