@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shutil
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +35,7 @@ from bench.machine import machine  # noqa: E402
 GOAL = 0.30
 FOUR_SIZES = {
     "study": "four_sizes",
+    "study_dir": "four_sizes",
     "datasets": {"spurious_digits": {"spurious_fraction": 0.95}},
     "models": {"resnet": ["10x0.25", "10x0.5", "18x0.5", "18"]},
     "objectives": ["erm"],
@@ -65,8 +66,10 @@ def run_study(grid_path: Path) -> dict:
     calibration_s = time.perf_counter() - started
     estimates = {e.cell_id: e for e in estimate_cells(plans, [], n_params, timed)}
     started = time.perf_counter()
+    load = os.getloadavg()[0]
     launch(grid, LaunchOptions(progress_every_s=3600.0), print_line=lambda _: None)
     launch_s = time.perf_counter() - started
+    load = max(load, os.getloadavg()[0])
     with StudyTracker(resolve_tracking_uri(grid.study_dir), grid.spec.study) as tracker:
         trials = tracker.trial_runs()
     measured = {p.cell.id: cell_cost([t for t in trials if t.cell_id == p.cell.id]).total_s for p in plans}
@@ -76,7 +79,37 @@ def run_study(grid_path: Path) -> dict:
         [estimate] = [e for e in estimate_cells(plans, others, n_params) if e.cell_id == p.cell.id]
         neighbour[p.cell.id] = estimate
     return {"plans": plans, "estimates": estimates, "measured": measured, "neighbour": neighbour,
-            "n_params": n_params, "calibration_s": calibration_s, "launch_s": launch_s}
+            "n_params": n_params, "calibration_s": calibration_s, "launch_s": launch_s, "load": load,
+            "standalone": standalone(plans, timed, trials)}
+
+
+def standalone(plans, timed, trials) -> dict[str, tuple[float, float, float]]:
+    """Per cell: the calibrated prediction of one trial, the same trial trained alone here (outside Ray, at the
+    calibration's searched values), and the mean of the study's finished search trials: the first gap is the
+    calibration's own error, the second what running inside the study (concurrent trials, the driver) adds."""
+    import torch
+
+    from trainables.metrics import DEVICE_SECONDS, ELAPSED_SECONDS
+    from trainables.training import train
+    from wgtune.run.calibrate import calibration_params
+    from wgtune.run.plan import trial_config
+    from wgtune.tracking.records import device_use
+
+    threads = torch.get_num_threads()
+    out = {}
+    for plan in plans:
+        timing, devices = timed[plan.cell.id], device_use(plan.resources)[1]
+        torch.set_num_threads(max(int(devices), 1))
+        clock: list[float] = []
+        with tempfile.TemporaryDirectory() as workdir:
+            train(trial_config(plan, calibration_params(plan)), lambda m, _: clock.append(m[ELAPSED_SECONDS]),
+                  workdir=workdir)
+        mine = [t.metrics[DEVICE_SECONDS] for t in trials
+                if t.cell_id == plan.cell.id and t.phase == "search" and t.status == "FINISHED"]
+        out[plan.cell.id] = ((timing.setup_s + timing.epochs * timing.epoch_s) * devices, clock[-1] * devices,
+                             sum(mine) / len(mine))
+    torch.set_num_threads(threads)
+    return out
 
 
 def _ratio(estimate: float | None, measured: float) -> str:
@@ -93,8 +126,8 @@ def table(name: str, result: dict, with_neighbour: bool) -> list[str]:
     if with_neighbour:
         head += " neighbour estimate | ratio | source |"
         rule += "---:|---:|---|"
-    lines = [f"### {name}", "", f"Calibration {result['calibration_s']:.0f} s, launch {result['launch_s']:.0f} s. "
-             "CPU-core-hours.", "", head, rule]
+    lines = [f"### {name}", "", f"Calibration {result['calibration_s']:.0f} s, launch {result['launch_s']:.0f} s "
+             f"(1-minute load average up to {result['load']:.1f} on the 2 cores). CPU-core-hours.", "", head, rule]
     for p in result["plans"]:
         e, m = result["estimates"][p.cell.id], result["measured"][p.cell.id]
         hours = None if e.total_s is None else e.total_s / 3600
@@ -106,6 +139,14 @@ def table(name: str, result: dict, with_neighbour: bool) -> list[str]:
             row += (f" {'—' if n.total_s is None else f'{n.total_s / 3600:.4f}'} | {_ratio(n.total_s, m)} "
                     f"| {source} |")
         lines.append(row)
+    lines += ["", "One trial, CPU-core-seconds: calibrated prediction, the same trial trained alone here, and the mean "
+              "of the study's finished search trials:", "",
+              "| cell | calibrated | alone | in the study | alone / calibrated | study / alone |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for p in result["plans"]:
+        predicted, alone, study = result["standalone"][p.cell.id]
+        lines.append(f"| {p.cell.label} | {predicted:.1f} | {alone:.1f} | {study:.1f} | {alone / predicted:.2f} "
+                     f"| {study / alone:.2f} |")
     return lines
 
 
@@ -117,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wgtune-estimate-") as folder:
         root = Path(folder)
         quick = root / "quickstart.yaml"
-        shutil.copy(HERE.parent / "grids" / "quickstart.yaml", quick)
+        # Each study in the temporary folder (a grid's default study_dir is ./wgtune_studies/<study>): fresh.
+        quick.write_text((HERE.parent / "grids" / "quickstart.yaml").read_text() + "study_dir: quickstart\n")
         sizes = root / "four_sizes.yaml"
         sizes.write_text(yaml.safe_dump(FOUR_SIZES, sort_keys=False))
         results = {"quickstart (grids/quickstart.yaml)": (run_study(quick), False),
@@ -137,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, (result, neighbour) in results.items():
         lines += table(name, result, neighbour) + [""]
     lines += [
-        "Calibration times each cell alone on an idle machine; the study runs two trials at once on two cores "
-        "beside its driver (Ray, MLflow's writer), so a trial's wall clock, and with it its device-seconds, grows. "
+        "Calibration times each cell alone; the study runs two trials at once on two cores beside its driver (Ray, "
+        "MLflow's writer) and, on this shared machine, other sessions' work (the load average above), so a trial's "
+        "wall clock, and with it its device-seconds, grows. The second table of each study separates the two: the "
+        "calibration's own error (alone / calibrated) and what running inside the study adds (study / alone), which "
+        "varies with the machine's load. Contention is not modelled by the estimate. "
         "The neighbour column scales another cell's measured trials by parameters × epochs (Kaplan et al. 2020, "
         "C ≈ 6ND); on a CPU, small models are bound by per-step overheads that do not scale with parameters, "
         "which is where it errs.",
