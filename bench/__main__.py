@@ -33,6 +33,7 @@ BENCHMARKS = (
     "prior_coverage",
     "occupancy",
     "status_time",
+    "estimate_accuracy",
     "soak",
 )
 

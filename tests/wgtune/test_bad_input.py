@@ -88,6 +88,8 @@ CASES = [
          ("grid.yaml: serch: unknown key. Did you mean 'search'? Valid: study, study_dir",)),
     Case("unknown nested key", _with("search: {num_sample: 3}"),
          ("grid.yaml: search.num_sample: unknown key. Did you mean 'num_samples'?", "Valid: num_samples")),
+    Case("compute ceiling not positive", _with("budget: {cell_device_hours: 0}"),
+         ("grid.yaml: budget.cell_device_hours: Input should be greater than 0", "(got 0)")),
     Case("unknown dataset", _replace("[spurious_digits]", "[waterbird]"),
          ("grid.yaml: datasets: unknown dataset 'waterbird'. Did you mean 'waterbirds'?",
           "Valid: spurious_digits, waterbirds, celebA")),

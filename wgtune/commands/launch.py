@@ -24,6 +24,9 @@ class LaunchCommand(Command):
                             help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)")
         parser.add_argument("--dry-run", action="store_true",
                             help="print the cells, their spaces, budgets and resources; start nothing")
+        parser.add_argument("--calibrate", action="store_true",
+                            help="with --dry-run: time two real training epochs of each cell without trials of its "
+                                 "own on this machine, for the expected device-hours (a minute or two)")
         parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                             help="live: a view redrawn in place (the default on a terminal); log: one line per "
                                  "trial and a compact summary now and then (the default otherwise)")
@@ -38,12 +41,13 @@ class LaunchCommand(Command):
                                  "rule, `wgtune report --select RULE` shows them); default: the study itself")
 
     def run(self, args: argparse.Namespace) -> int:
-        from wgtune.run.study import LaunchOptions, describe, launch
+        from wgtune.run.dry_run import describe
+        from wgtune.run.study import LaunchOptions, launch
         from wgtune.spec.grid import load_grid
 
         grid = load_grid(args.grid)
         if args.dry_run:
-            print(describe(grid, args.tracking_uri))
+            print(describe(grid, args.tracking_uri, calibrate=args.calibrate))
             return 0
         options = LaunchOptions(args.tracking_uri, args.address, args.progress_every, args.progress,
                                 select=args.select)

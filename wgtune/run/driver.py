@@ -33,6 +33,7 @@ from wgtune.run.display import LOG_SUMMARY_EVERY_S, StudyProgress, make_display
 from wgtune.run.plan import PlannedCell, trial_config
 from wgtune.run.progress import CellProgress
 from wgtune.search.allocation import AllocationPolicy
+from wgtune.search.ceiling import CeilingLedger
 from wgtune.search.router import CellRouter, SearchPlan
 from wgtune.search.scheduler import make_scheduler
 from wgtune.spec.grid import derive_seed
@@ -134,9 +135,11 @@ def _new_tuner(trainable: Any, cells: list[PlannedCell], settings: RunSettings, 
     # The pool is shared by every cell: those with nothing left to run have spent their part of it.
     allocation = settings.allocation and settings.allocation.less(
         sum(c.budget.search_done for c in cells if not c.budget.has_work))
+    ceilings = {c.cell.id: c.ceiling for c in cells if c.ceiling is not None}
     router = CellRouter(plans, metric=SELECTION_METRIC, mode="max",
                         on_give_up=functools.partial(cell_failing, key), failed_key=DIVERGED,
-                        allocation=allocation, on_allocation=functools.partial(cell_allocation, key))
+                        allocation=allocation, on_allocation=functools.partial(cell_allocation, key),
+                        ceiling=CeilingLedger(ceilings) if ceilings else None)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

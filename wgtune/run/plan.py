@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from wgtune.search.allocation import AllocationPolicy, CellState, Decision, decide
 from wgtune.search.budget import CellBudget
+from wgtune.search.ceiling import CellCeiling
 from wgtune.search.priors import CellPriors
 from wgtune.spec.grid import Cell, Grid, GridError
 from wgtune.spec.schema import ResourceSpec
@@ -44,6 +45,8 @@ class PlannedCell:
     """Adaptive allocation: the values of the cell's finished search trials in MLflow (what it is judged by)."""
     allocation: Decision | None = None
     """Adaptive allocation's decision on the cell from MLflow (`allocate`); None under fixed allocation."""
+    ceiling: CellCeiling | None = None
+    """Its compute limits and what it has spent (grid `budget:`; `run/ceilings.py`); None: no limit."""
 
 
 def plan_cells(grid: Grid, history: Mapping[str, CellSummary] | None = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from wgtune.run.allocation_view import allocation_lines, record_allocation
+from wgtune.run.ceilings import ceiling_lines, has_ceilings, with_ceilings
 from wgtune.run.display import LOG_SUMMARY_EVERY_S
 from wgtune.run.plan import PlannedCell, cell_setting, fixed_settings, plan_cells
 from wgtune.run.progress import CellProgress, CellSpend, render, study_view
@@ -88,7 +89,9 @@ def launch(grid: Grid, options: LaunchOptions = LaunchOptions(), print_line: Pri
     try:
         _recover(tracker, print_line)
         cells = _plan_launch(grid, tracker, print_line, options.select)
-        print_line(_headline(grid, cells, uri, study_dir))
+        print_line(headline(grid, cells, uri, study_dir))
+        for line in ceiling_lines(grid, tracker.trial_runs() if has_ceilings(grid) else []):
+            print_line(line)  # what the ceilings leave: the router proposes nothing past them
         for planned in cells:
             if planned.note:  # under another rule: why a cell re-trains nothing
                 print_line(f"{planned.cell.label}: nothing to re-train under {options.select}: {planned.note}")
@@ -317,7 +320,7 @@ def prepare(grid: Grid, tracker: StudyTracker, register: bool = True, select: st
         planned.append(replace(c, priors=priors))
         if register:
             tracker.cell_run(records[c.cell.id])
-    return planned
+    return with_ceilings(grid, planned, tracker.trial_runs() if has_ceilings(grid) else [], n_params)
 
 
 def _curves(tracker: StudyTracker, priors: CellPriors, summary: CellSummary | None) -> dict[str, tuple]:
@@ -349,10 +352,12 @@ def status(grid: Grid, tracking_uri: str | None = None, max_lines: int | None = 
         rows = status_rows(grid, tracker)
         browse = browse_line(grid, tracker)
         allocation = allocation_lines(grid, tracker)
+        ceilings = ceiling_lines(grid, tracker.trial_runs() if has_ceilings(grid) else [])
     title = f"study {grid.spec.study} ({redact(uri)})"
+    extra = [*allocation, *ceilings, browse]
     if max_lines is None:
-        return "\n".join([render(rows.values(), title=title, spend=spend), *allocation, browse])
-    return "\n".join([title, *study_view(rows.values(), max_lines=max_lines, spend=spend), *allocation, browse])
+        return "\n".join([render(rows.values(), title=title, spend=spend), *extra])
+    return "\n".join([title, *study_view(rows.values(), max_lines=max_lines, spend=spend), *extra])
 
 
 def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
@@ -367,28 +372,6 @@ def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
             running=s.running if s else 0, failed=s.failed if s else 0, best=s.best_value if s else None,
             failing=planned.cell.id in failing, allocation=planned.allocation.action if planned.allocation else "")
     return rows
-
-
-def describe(grid: Grid, tracking_uri: str | None = None) -> str:
-    """What a launch would do (cells, spaces, budgets, resources, where results go); starts nothing."""
-    cells = plan_cells(grid)
-    study_dir = grid.study_dir
-    uri = resolve_tracking_uri(study_dir, tracking_uri)
-    search = grid.spec.search
-    lines = [
-        _headline(grid, cells, uri, study_dir),
-        f"per cell: {search.num_samples} trials, TPE after {search.n_startup} random; "
-        f"{search.max_concurrent} trials at once in the study; scheduler {search.scheduler}; "
-        f"retries {search.max_failures}; then the chosen config on {grid.spec.final_seeds} final seeds",
-    ]
-    for planned in cells:
-        r = planned.resources
-        lines.append(f"\n{planned.cell.label}  [{planned.cell.id}]")
-        lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU;  budget {planned.budget.search} search trials "
-                     f"of {planned.base_config['epochs']} epochs, augment {planned.base_config['augment']}")
-        lines.append("  trains " + ", ".join(f"{k} {v}" for k, v in cell_setting(planned).items()))
-        lines.extend(f"  {line}" for line in planned.space.describe())
-    return "\n".join(lines)
 
 
 def cell_record(planned: PlannedCell) -> CellRecord:
@@ -408,7 +391,7 @@ def cell_record(planned: PlannedCell) -> CellRecord:
                          sampler=setting["sampler"])
 
 
-def _headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:
+def headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:
     remaining = sum(c.budget.search_left for c in cells)
     finals = sum(c.budget.final_left for c in cells)
     return (

@@ -24,12 +24,15 @@ from hyperopt.base import JOB_STATE_DONE, Trials
 from hyperopt.utils import coarse_utcnow
 from ray.tune.search import Searcher
 
+from trainables.metrics import DEVICE_SECONDS
 from wgtune.search.allocation import FLOOR, AllocationPolicy, CellState, Decision, decide, pool_cell
 from wgtune.search.cell_search import TRIAL_ERROR, CellSearch, SearchPlan, result_doc
 from wgtune.tracking.records import PHASE_FINAL, SEED_PARAM, SELECT_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from wgtune.search.ceiling import CeilingLedger
 
 __all__ = ["CellRouter", "SearchPlan"]
 
@@ -51,6 +54,8 @@ class CellRouter(Searcher):
     floor are granted from the study's pool by expected gain, and a cell's search ends when its decision
     says so (plateaued, pool spent, cap) and none of its search trials runs; `on_allocation(cell, record)`
     is told each such end with its reason (a module-level function or a partial of one, like `on_give_up`).
+    `ceiling`, if given, holds each cell's compute limits: a cell it refuses proposes nothing more
+    (`search/ceiling.py`), and its running trials finish.
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class CellRouter(Searcher):
         failed_key: str | None = None,
         allocation: AllocationPolicy | None = None,
         on_allocation: Callable[[str, dict[str, Any]], None] | None = None,
+        ceiling: CeilingLedger | None = None,
     ) -> None:
         if not metric or mode not in ("min", "max"):
             raise ValueError("CellRouter needs a metric name and mode 'min' or 'max'")
@@ -79,6 +85,7 @@ class CellRouter(Searcher):
         self.allocation = allocation
         self.on_allocation = on_allocation
         self.decisions: dict[str, Decision] = {}  # adaptive allocation's latest word on each cell
+        self.ceiling = ceiling
         self._cells = {p.cell: CellSearch(p) for p in plans}
         self._index()
 
@@ -108,14 +115,17 @@ class CellRouter(Searcher):
         FINISHED when every cell's work is done or given up; None while some wait, running
         trials included: Tune asks nothing more after FINISHED, and one may fail and need a replacement."""
         allowed = self._allocate() if self.allocation is not None else None
-        busy = [c for c in self._cells.values() if c.has_work()]
+        busy = [c for c in self._cells.values() if c.has_work() and (self._open(c) or c.running or c.finals_running)]
         if not busy:
             return Searcher.FINISHED
-        ready = [c for c in busy if (c.can_search(self.max_running_per_cell)
-                                     and (allowed is None or c.plan.cell in allowed)) or c.final_ready()]
+        ready = [c for c in busy if self._open(c) and ((c.can_search(self.max_running_per_cell)
+                                                        and (allowed is None or c.plan.cell in allowed))
+                                                       or c.final_ready())]
         if not ready:
             return None
         cell = min(ready, key=lambda c: c.work_started)  # min keeps the first: plan order on ties
+        if self.ceiling is not None:
+            self.ceiling.start(trial_id, cell.plan.cell, final=cell.search_left == 0)
         if cell.search_left == 0:
             final = cell.propose_final(trial_id)
             self._trial_cell[trial_id] = (cell.plan.cell, None)
@@ -161,6 +171,8 @@ class CellRouter(Searcher):
             return
         name, tid = self._trial_cell[trial_id]
         cell = self._cells[name]
+        if self.ceiling is not None:
+            self.ceiling.finish(trial_id, (result or {}).get(DEVICE_SECONDS))
         gave_up = cell.gave_up
         failed_itself = bool(self.failed_key and result and result.get(self.failed_key))
         if tid is None:  # a final-seed trial: it evaluates the chosen config, it informs no TPE
@@ -190,6 +202,10 @@ class CellRouter(Searcher):
         cell.running.discard(trial_id)
         cell.trials.refresh()
         cell.count_errors()
+
+    def _open(self, cell: CellSearch) -> bool:
+        """Whether the cell's next trial stays within its compute ceilings (none: always)."""
+        return self.ceiling is None or self.ceiling.allows(cell.plan.cell, final=cell.search_left == 0)
 
     def cell_of(self, trial_id: str) -> str:
         """The cell a suggested trial belongs to."""
@@ -241,6 +257,7 @@ class CellRouter(Searcher):
                 }
                 for name, cell in self._cells.items()
             },
+            **({"ceiling": self.ceiling.get_state()} if self.ceiling is not None else {}),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -266,6 +283,8 @@ class CellRouter(Searcher):
             cell.finals_failed = set(saved[name].get("finals_failed", ()))
             cell.finals_diverged = set(saved[name].get("finals_diverged", ()))
             cell.closed = saved[name].get("closed", "")
+        if self.ceiling is not None and "ceiling" in state:
+            self.ceiling.set_state(state["ceiling"])
         self._index()
 
     def save(self, checkpoint_path: str) -> None:

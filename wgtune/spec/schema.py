@@ -125,6 +125,15 @@ class TrainSettings(_Strict):
         return value
 
 
+class BudgetSettings(_Strict):
+    """Ceilings on compute in device-hours (GPU-hours for cells whose trials hold GPUs, else CPU-core-hours): the
+    router proposes no trial that would pass one; running trials finish (wgtune/search/ceiling.py)."""
+
+    cell_device_hours: float | None = Field(None, gt=0, description="per cell, search and final seeds together")
+    study_device_hours: float | None = Field(None, gt=0, description=(
+        "the whole study, per unit: GPU-hours over GPU cells and CPU-core-hours over CPU cells, each held to it"))
+
+
 class Filter(_Strict):
     """Cells matching every given field (strings are shell patterns)."""
 
@@ -155,6 +164,7 @@ class GridFile(_Strict):
     priors: PriorSettings = PriorSettings()
     train: TrainSettings = TrainSettings()
     final_seeds: int = Field(3, ge=0)
+    budget: BudgetSettings = BudgetSettings()
     include: list[Filter] = Field(default_factory=list)
     exclude: list[Filter] = Field(default_factory=list)
 
