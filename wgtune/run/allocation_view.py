@@ -5,9 +5,9 @@ allocation both do nothing, and plan nothing."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
-from wgtune.run.plan import plan_cells
+from wgtune.run.plan import PlannedCell, plan_cells
 from wgtune.search.allocation import ACTIONS, ALLOCATION_FILE, AllocationPolicy
 
 if TYPE_CHECKING:
@@ -26,12 +26,13 @@ def record_allocation(grid: Grid, tracker: StudyTracker) -> int:
     return len(decided)
 
 
-def allocation_lines(grid: Grid, tracker: StudyTracker) -> list[str]:
-    """The study's pool and each cell's decision with its reason; nothing under fixed allocation."""
+def allocation_lines(grid: Grid, plans: Sequence[PlannedCell]) -> list[str]:
+    """The study's pool and each cell's decision with its reason, from the cells planned from MLflow
+    (`plan_cells(grid, tracker.cell_summaries())`); nothing under fixed allocation."""
     policy = AllocationPolicy.of(grid.spec.search)
     if policy is None:
         return []
-    decided = [(c.cell.label, c.allocation) for c in plan_cells(grid, tracker.cell_summaries()) if c.allocation]
+    decided = [(c.cell.label, c.allocation) for c in plans if c.allocation]
     spent = sum(d.spent for _, d in decided)
     counts = Counter(d.action for _, d in decided)
     lines = [f"adaptive allocation: {spent} of {policy.study_trials} study trials spent (floor {policy.floor}, "

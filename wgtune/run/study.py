@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from wgtune.run.allocation_view import allocation_lines, record_allocation
 from wgtune.run.ceilings import ceiling_lines, has_ceilings, with_ceilings
@@ -349,9 +349,11 @@ def status(grid: Grid, tracking_uri: str | None = None, max_lines: int | None = 
     compute accounting's spend and ETA per cell id (`progress.STUDY` for the study), shown when given."""
     uri = resolve_tracking_uri(grid.study_dir, tracking_uri)
     with existing_study(grid, tracking_uri) as tracker:
-        rows = status_rows(grid, tracker)
+        summaries = tracker.cell_summaries()
+        plans = plan_cells(grid, summaries)  # once: the rows and adaptive allocation's lines read the same plan
+        rows = status_rows(grid, tracker, summaries, plans)
         browse = browse_line(grid, tracker)
-        allocation = allocation_lines(grid, tracker)
+        allocation = allocation_lines(grid, plans)
         ceilings = ceiling_lines(grid, tracker.trial_runs() if has_ceilings(grid) else [])
     title = f"study {grid.spec.study} ({redact(uri)})"
     extra = [*allocation, *ceilings, browse]
@@ -360,12 +362,14 @@ def status(grid: Grid, tracking_uri: str | None = None, max_lines: int | None = 
     return "\n".join([title, *study_view(rows.values(), max_lines=max_lines, spend=spend), *extra])
 
 
-def status_rows(grid: Grid, tracker: StudyTracker) -> dict[str, CellProgress]:
-    """One progress row per cell of the grid, counted from the tracking store through the plan."""
-    summaries = tracker.cell_summaries()
+def status_rows(grid: Grid, tracker: StudyTracker, summaries: Mapping[str, CellSummary] | None = None,
+                plans: Sequence[PlannedCell] | None = None) -> dict[str, CellProgress]:
+    """One progress row per cell of the grid, counted from the tracking store through the plan (`summaries`
+    and `plans`: those already read and made from it)."""
+    summaries = tracker.cell_summaries() if summaries is None else summaries
     failing = tracker.failing_cells()
     rows = {}
-    for planned in plan_cells(grid, summaries):
+    for planned in plan_cells(grid, summaries) if plans is None else plans:
         s = summaries.get(planned.cell.id)
         rows[planned.cell.id] = CellProgress.of(
             planned.cell, planned.budget,

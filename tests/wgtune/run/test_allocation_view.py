@@ -43,7 +43,7 @@ def test_status_lines_and_the_cells_allocation_json_say_the_decision_and_its_rea
                 trial = tracker.start_trial(cell.cell.id, f"c{k}t{i}", {"lr": 0.01 * (i + 1)}, "tpe")
                 tracker.end_trial(trial, "FINISHED", summary={SELECTION_METRIC: value})
         tracker.flush()
-        lines = allocation_lines(grid, tracker)
+        lines = allocation_lines(grid, plan_cells(grid, tracker.cell_summaries()))
         assert record_allocation(grid, tracker) == 2
         tracker.flush()
         parents = {cell: tags for cell, tags in tracker.cell_tags().items()}
@@ -66,4 +66,4 @@ def test_fixed_allocation_adds_nothing(tmp_path: Path) -> None:
     grid = load_grid(tmp_path / "grid.yaml")
     study_dir = tmp_path / "study"
     with StudyTracker(resolve_tracking_uri(study_dir, None), "alloc", artifact_root(study_dir)) as tracker:
-        assert allocation_lines(grid, tracker) == [] and record_allocation(grid, tracker) == 0
+        assert allocation_lines(grid, plan_cells(grid, tracker.cell_summaries())) == [] and record_allocation(grid, tracker) == 0
