@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from wgtune.run.plan import cell_setting, plan_cells
 from wgtune.run.reporting import existing_study
-from wgtune.run.study import cell_record, headline
+from wgtune.run.study import cell_parameters, headline
 from wgtune.spec.errors import UserError
 from wgtune.spec.grid import Grid
 from wgtune.tracking.store import resolve_tracking_uri
@@ -30,7 +30,8 @@ def describe(grid: Grid, tracking_uri: str | None = None, calibrate: bool = Fals
 
         ran = {t.cell_id for t in trials}
         timed = time_cells([c for c in cells if c.cell.id not in ran])  # own trials are the better source
-    estimates = {e.cell_id: e for e in estimate_cells(cells, trials, {c.cell.id: cell_record(c).n_params
+    # Parameter counts only: a dry run plans a study on a machine that need not hold its pretrained weights.
+    estimates = {e.cell_id: e for e in estimate_cells(cells, trials, {c.cell.id: cell_parameters(c)
                                                                       for c in cells}, timed)}
     study_dir = grid.study_dir
     uri = resolve_tracking_uri(study_dir, tracking_uri)

@@ -378,21 +378,29 @@ def status_rows(grid: Grid, tracker: StudyTracker, summaries: Mapping[str, CellS
     return rows
 
 
-def cell_record(planned: PlannedCell) -> CellRecord:
-    """What the tracking store records about a cell, with its parameter count at the input size
-    and class count the cell trains with (a ViT's position embedding depends on the size)."""
+def cell_parameters(planned: PlannedCell) -> int:
+    """The cell's parameter count at the input size and class count it trains with (a ViT's position
+    embedding depends on the size); needs no pretrained weights."""
     from trainables.config import TrialConfig
     from trainables.datasets import DATASETS
-    from trainables.models import check_pretrained, count_parameters, resolve
+    from trainables.models import count_parameters, resolve
     from trainables.training import resolve_preprocessing
 
     cell = planned.cell
     prep = resolve_preprocessing(resolve(cell.model), cell.dataset, TrialConfig.from_mapping(planned.base_config))
+    return count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size)
+
+
+def cell_record(planned: PlannedCell) -> CellRecord:
+    """What the tracking store records about a cell: its parameter count (`cell_parameters`), the pretrained
+    weights it loads, and what it trains."""
+    from trainables.models import check_pretrained
+
+    cell = planned.cell
     weights = check_pretrained(cell.model, planned.base_config["weights"]) if cell.pretrained else ""
     setting = cell_setting(planned)
-    return CellRecord.of(cell, count_parameters(cell.model, DATASETS.get(cell.dataset).n_classes, prep.image_size),
-                         weights, registered_objective=setting["objective"], environments=setting["environments"],
-                         sampler=setting["sampler"])
+    return CellRecord.of(cell, cell_parameters(planned), weights, registered_objective=setting["objective"],
+                         environments=setting["environments"], sampler=setting["sampler"])
 
 
 def headline(grid: Grid, cells: list[PlannedCell], uri: str, study_dir: Path) -> str:

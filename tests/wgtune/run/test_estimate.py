@@ -145,3 +145,16 @@ def test_dry_run_names_each_cells_source(tmp_path: Path) -> None:
     text = describe(load_grid(tmp_path / "grid.yaml"))
     assert text.count("expected: —") == 6  # no study yet and no calibration: nothing known
     assert "expected in total" in text and "CPU-core-hours" in text and "GPU-hours" in text
+
+
+def test_a_dry_run_plans_pretrained_cells_on_a_machine_without_their_weights(tmp_path: Path, monkeypatch) -> None:
+    # Planning a study (and its cost) happens before weights are fetched; only a launch needs them.
+    from wgtune.run.dry_run import describe
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache: no torchvision weights here
+    monkeypatch.delenv("WGTUNE_WEIGHTS_DIR", raising=False)
+    (tmp_path / "grid.yaml").write_text(GRID.format(epochs=2).replace("[10x0.25, 10x0.5, 18x0.5]", "[18]")
+                                        + "pretrained: true\nweights: {resnet: 'torchvision:IMAGENET1K_V1'}\n")
+    text = describe(load_grid(tmp_path / "grid.yaml"))
+
+    assert text.count("expected: —") == 2 and "resnet-18 · erm · pretrained" in text
